@@ -1,0 +1,12 @@
+//! `coffer bench` (placeholder until its issue lands).
+
+use std::process::ExitCode;
+
+/// Flags of `coffer bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs the command.
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("coffer bench is not implemented yet")
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand. Each has `Args` (clap) and `run(Args) -> anyhow::Result<ExitCode>`.
+pub mod bench;
+pub mod config_check;
+pub mod decrypt;
+pub mod encrypt;
+pub mod keygen;
+pub mod serve;

@@ -1,0 +1,2 @@
+//! EncryptionConfiguration: strict parsing, validation, and the resource → etcd key mapping.
+pub mod model;

@@ -1,0 +1,1 @@
+//! The storage transformers of kube-apiserver, one module per provider.

@@ -1,0 +1,48 @@
+//! The interface every storage backend offers the server: the etcd KV operations in etcd's own
+//! message types. The server validates requests (empty keys, txn limits, duplicate keys, sizes)
+//! before calling; the backend applies etcd's semantics (revisions, compaction, leases) and
+//! fills `header.revision` in every response it returns (the server adds cluster/member ids).
+
+use std::future::Future;
+
+use coffer_proto::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+
+use crate::Error;
+
+/// Sizes and positions the Maintenance service reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStatus {
+    /// Current revision of the keyspace (1 for an empty store).
+    pub revision: i64,
+    /// Compacted revision (0 when never compacted).
+    pub compact_revision: i64,
+    /// Size of the backend files in bytes.
+    pub db_size: i64,
+    /// Bytes in use by live data.
+    pub db_size_in_use: i64,
+}
+
+/// An etcd-semantics key-value backend.
+pub trait Backend: Send + Sync + 'static {
+    /// `KV.Range`.
+    fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, Error>> + Send;
+    /// `KV.Put`. Acknowledged only once durable.
+    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Error>> + Send;
+    /// `KV.DeleteRange`. Acknowledged only once durable.
+    fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> impl Future<Output = Result<DeleteRangeResponse, Error>> + Send;
+    /// `KV.Txn`: compares evaluated on plaintext; one revision for all writes.
+    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Error>> + Send;
+    /// `KV.Compact`.
+    fn compact(
+        &self,
+        req: CompactionRequest,
+    ) -> impl Future<Output = Result<CompactionResponse, Error>> + Send;
+    /// Revision, compaction and size figures.
+    fn status(&self) -> impl Future<Output = Result<StoreStatus, Error>> + Send;
+}

@@ -1,0 +1,47 @@
+//! Store errors. Each variant that etcd defines maps to etcd's gRPC code and message in the
+//! server's one error table; the others become `Internal`-style errors that reveal nothing
+//! about keys or values.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `ignore_value`/`ignore_lease` on a key that does not exist (etcd: `key not found`).
+    #[error("key not found")]
+    KeyNotFound,
+    /// A Put names a lease that does not exist (etcd: `requested lease not found`).
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    /// The requested revision was compacted.
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is in the future.
+    #[error("mvcc: required revision is a future revision")]
+    FutureRev,
+    /// The NOSPACE alarm is active or the write would exceed the quota.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// A stored value could not be opened (sealed by a key this server does not have, or
+    /// corrupt). Names the etcd key, never the value.
+    #[error("unable to open the value stored at key {key:?}: {reason}")]
+    Open {
+        /// The etcd key, lossily printed.
+        key: String,
+        /// What the seal said.
+        reason: String,
+    },
+    /// A value could not be sealed.
+    #[error("unable to seal the value for key {key:?}: {reason}")]
+    Seal {
+        /// The etcd key, lossily printed.
+        key: String,
+        /// What the seal said.
+        reason: String,
+    },
+    /// The storage engine failed (I/O, full disk, corruption).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// The store is shutting down.
+    #[error("store stopped")]
+    Stopped,
+}
