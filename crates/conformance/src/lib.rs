@@ -1,3 +1,112 @@
 //! Harness for the tests that need real processes: starts Debian's `etcd` and `coffer serve` on
-//! loopback ports with fresh data directories, talks to both through `etcdctl` and a Rust gRPC
-//! client, and compares the answers.
+//! loopback ports with fresh data directories ([`process`]), talks to both through a Rust gRPC
+//! client that records every answer as normalized JSON ([`client`], [`json`]) and through
+//! `etcdctl` ([`etcdctl`]), and compares the two transcripts ([`transcript`]).
+//!
+//! The tests live in `tests/`: `side_by_side.rs` (every KV option, error string and etcdctl
+//! command on both servers), `kube_replay.rs` (what kube-apiserver sends), and the crash and
+//! on-disk marker tests. They need `etcd` and `etcdctl` (Debian's 3.4.23) on `$PATH` and a built
+//! `coffer` binary (`cargo build -p coffer`, or `$COFFER_BIN`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub mod client;
+pub mod etcdctl;
+pub mod json;
+pub mod process;
+pub mod runner;
+pub mod transcript;
+
+pub use process::{AnyServer, CofferOptions, CofferProcess, EtcdOptions, EtcdProcess, ServerKind};
+
+/// What went wrong while starting, driving or stopping a server under test.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// A file-system or socket operation failed.
+    #[error("cannot {what} ({path}): {source}")]
+    Io {
+        /// The operation.
+        what: String,
+        /// The file or address involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The `coffer` binary was not found.
+    #[error(
+        "coffer binary not found at {looked_at}: build it first (`cargo build -p coffer`, same \
+         profile and CARGO_TARGET_DIR as the tests) or set COFFER_BIN to its path"
+    )]
+    CofferMissing {
+        /// Where it was expected.
+        looked_at: PathBuf,
+    },
+    /// The server exited before it answered.
+    #[error("{server} exited before it was ready ({status}); its output:\n{log_tail}")]
+    Exited {
+        /// Which server.
+        server: ServerKind,
+        /// Its exit status.
+        status: String,
+        /// The end of its output.
+        log_tail: String,
+    },
+    /// The server did not answer gRPC in time.
+    #[error(
+        "{server} did not answer gRPC at {endpoint} within {waited:?}; its output:\n{log_tail}"
+    )]
+    NotReady {
+        /// Which server.
+        server: ServerKind,
+        /// Where it was asked.
+        endpoint: String,
+        /// How long we waited.
+        waited: Duration,
+        /// The end of its output.
+        log_tail: String,
+    },
+    /// Every attempt lost the race for a free port.
+    #[error("{server} could not bind a free port after several attempts; its output:\n{log_tail}")]
+    PortTaken {
+        /// Which server.
+        server: ServerKind,
+        /// The end of its output.
+        log_tail: String,
+    },
+    /// The server did not exit after SIGTERM.
+    #[error("{server} did not exit within {waited:?} of SIGTERM (killed)")]
+    StopTimeout {
+        /// Which server.
+        server: ServerKind,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A gRPC connection could not be made.
+    #[error("cannot connect to {endpoint}: {message}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The transport error.
+        message: String,
+    },
+}
+
+impl HarnessError {
+    pub(crate) fn io(what: &str, path: &Path, source: std::io::Error) -> Self {
+        HarnessError::Io {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -8,10 +8,23 @@
 //! `seal(etcd_key, plaintext)` and `open(etcd_key, stored)`.
 //!
 //! No network code and no async runtime live here; the KMS gRPC client plugs in through the
-//! [`key_service::KeyService`] trait.
+//! [`key_service::KeyService`] trait. Coffer's own default key ([`default_key`]) is a KMS v2
+//! provider backed by an in-process [`key_service::LocalKeyService`].
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+pub mod default_key;
+pub mod error;
+pub mod key_service;
+pub mod keyspace;
 pub mod providers;
+pub mod rng;
 pub mod secret;
 
+pub use default_key::DefaultKey;
+pub use error::{BuildError, OpenError, SealError, TransformError};
+pub use key_service::{KeyService, LocalKeyService};
+pub use keyspace::{Keyspace, Opened};
+pub use rng::{RandomSource, SystemRandom};
 pub use secret::SecretBytes;

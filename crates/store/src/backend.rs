@@ -28,7 +28,8 @@ pub struct StoreStatus {
 /// An etcd-semantics key-value backend.
 pub trait Backend: Send + Sync + 'static {
     /// `KV.Range`.
-    fn range(&self, req: RangeRequest) -> impl Future<Output = Result<RangeResponse, Error>> + Send;
+    fn range(&self, req: RangeRequest)
+        -> impl Future<Output = Result<RangeResponse, Error>> + Send;
     /// `KV.Put`. Acknowledged only once durable.
     fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Error>> + Send;
     /// `KV.DeleteRange`. Acknowledged only once durable.
@@ -45,4 +46,34 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<CompactionResponse, Error>> + Send;
     /// Revision, compaction and size figures.
     fn status(&self) -> impl Future<Output = Result<StoreStatus, Error>> + Send;
+}
+
+impl<B: Backend> Backend for std::sync::Arc<B> {
+    fn range(
+        &self,
+        req: RangeRequest,
+    ) -> impl Future<Output = Result<RangeResponse, Error>> + Send {
+        (**self).range(req)
+    }
+    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Error>> + Send {
+        (**self).put(req)
+    }
+    fn delete_range(
+        &self,
+        req: DeleteRangeRequest,
+    ) -> impl Future<Output = Result<DeleteRangeResponse, Error>> + Send {
+        (**self).delete_range(req)
+    }
+    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Error>> + Send {
+        (**self).txn(req)
+    }
+    fn compact(
+        &self,
+        req: CompactionRequest,
+    ) -> impl Future<Output = Result<CompactionResponse, Error>> + Send {
+        (**self).compact(req)
+    }
+    fn status(&self) -> impl Future<Output = Result<StoreStatus, Error>> + Send {
+        (**self).status()
+    }
 }

@@ -1,12 +1,32 @@
 //! # coffer-store: the MVCC keyspace behind `coffer serve`
 //!
 //! Revisions, the key index, compaction, group commit, and (later) leases and the watch hub.
-//! Values are sealed through `coffer-seal` before they reach the engine and opened after.
+//! Values are sealed through a [`Sealer`] before they reach the engine and opened after.
 //! [`backend::Backend`] is the one interface the server talks to; the embedded engine
-//! implements it now and the etcd gateway will later.
+//! ([`EmbeddedStore`], on redb) implements it now and the etcd gateway will later.
+//!
+//! ```no_run
+//! # async fn demo(sealer: std::sync::Arc<dyn coffer_store::Sealer>) -> Result<(), coffer_store::Error> {
+//! use coffer_store::{Backend, EmbeddedStore, StoreOptions};
+//! let store = EmbeddedStore::open(std::path::Path::new("/var/lib/coffer"), sealer, StoreOptions::default())?;
+//! let resp = store
+//!     .put(coffer_proto::PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })
+//!     .await?;
+//! assert_eq!(resp.header.map(|h| h.revision), Some(2));
+//! # Ok(()) }
+//! ```
 
 pub mod backend;
+pub mod embedded;
 pub mod error;
+pub mod index;
+pub mod range;
+pub mod record;
+pub mod sealer;
+pub mod writer;
 
 pub use backend::{Backend, StoreStatus};
+pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_QUOTA_BYTES};
 pub use error::Error;
+pub use sealer::Sealer;
+pub use writer::{CommitListener, CommittedRevision};

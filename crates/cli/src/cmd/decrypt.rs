@@ -1,12 +1,67 @@
-//! `coffer decrypt` (placeholder until its issue lands).
+//! `coffer decrypt` [offline]: a stored value on stdin is opened with the providers of
+//! `--encryption-provider-config` for `--key`, as kube-apiserver would open it. The plaintext
+//! goes to stdout; stderr says which provider and key opened it and whether it is stale. On
+//! failure nothing goes to stdout, stderr lists every provider of the rule and why it failed,
+//! and the exit code is 1.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use coffer_seal::keyspace::AttemptOutcome;
+
+use super::encrypt::{keyspace, read_input, write_output};
 
 /// Flags of `coffer decrypt`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The EncryptionConfiguration file (kube-apiserver's flag of the same name).
+    #[arg(long, value_name = "FILE")]
+    pub encryption_provider_config: PathBuf,
+    /// The etcd key the value was read from (authenticated data for aesgcm and kms).
+    #[arg(long, value_name = "ETCD_KEY")]
+    pub key: String,
+    /// Read the stored value as hex and print the plaintext as hex.
+    #[arg(long)]
+    pub hex: bool,
+    /// kube-apiserver's --etcd-prefix.
+    #[arg(long, default_value = "/registry", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+}
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("coffer decrypt is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let ks = keyspace(&args.encryption_provider_config, &args.etcd_prefix)?;
+    let stored = read_input(args.hex)?;
+    let d = ks.diagnose(args.key.as_bytes(), &stored);
+    match d.result {
+        Ok(opened) => {
+            write_output(&opened.plaintext, args.hex)?;
+            eprintln!(
+                "decrypted by {} (rule {}); stale: {}",
+                opened.provider,
+                d.rule,
+                if opened.stale {
+                    "yes (kube-apiserver rewrites it with the first provider on the next update)"
+                } else {
+                    "no"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("rule: {}", d.rule);
+            for a in &d.attempts {
+                let what = match &a.outcome {
+                    AttemptOutcome::PrefixMismatch => {
+                        "not tried: its prefix does not match".to_owned()
+                    }
+                    AttemptOutcome::Failed(why) => format!("failed: {why}"),
+                    AttemptOutcome::Opened { source, .. } => format!("opened by {source}"),
+                };
+                eprintln!("  {}: {what}", a.provider);
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

@@ -1,12 +1,662 @@
-//! `coffer serve` (placeholder until its issue lands).
+//! `coffer serve` [online]: the etcd v3 API on the embedded store, every value sealed at rest.
+//!
+//! Wiring: the default key file (made on first start, outside the data directory) and the
+//! optional `--encryption-provider-config` become a `coffer_seal::Keyspace`; the keyspace
+//! seals and opens values inside `coffer_store::EmbeddedStore`; `coffer_server::serve` speaks
+//! etcd's gRPC API over the store.
+//!
+//! The data directory records the fingerprint of the default key it was first started with
+//! (`default-key.fingerprint`: a keyed hash, never the key). A later start with that file
+//! missing or holding another key is refused with an error naming the expected file, so a
+//! new key never silently lands on old data.
+//!
+//! Flags use etcd's names (and `ETCD_*` environment variables) where they mean the same, and
+//! kube-apiserver's for `--encryption-provider-config` and `--etcd-prefix`.
 
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use coffer_seal::{DefaultKey, Keyspace, RandomSource, SystemRandom};
+use coffer_server::ServerConfig;
+use coffer_store::{EmbeddedStore, StoreOptions};
+use tracing::{info, warn};
+
+/// Name of the fingerprint record inside the data directory.
+pub const FINGERPRINT_FILE: &str = "default-key.fingerprint";
+/// First line of the fingerprint record.
+const FINGERPRINT_HEADER: &str = "coffer-default-key-fingerprint v1";
+/// How long open requests may take to finish after SIGTERM/SIGINT (a second signal stops at
+/// once).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Flags of `coffer serve`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(
+    long_about = "[online] Serve the etcd v3 gRPC API (KV, Maintenance, Cluster, health) from an \
+embedded store in --data-dir. Every value is sealed before it reaches the disk, in \
+kube-apiserver's own formats: keys that a rule of --encryption-provider-config covers use that \
+rule's providers; every other key uses Coffer's default key (KMS v2 format), kept in \
+--default-key-file outside the data directory and created on first start.\n\n\
+Watch, Lease and Auth, TLS, Hash/HashKV and Snapshot are not served yet (UNIMPLEMENTED).",
+    after_help = "Examples:\n  coffer serve\n  coffer serve --name node1 --data-dir /var/lib/coffer \
+--listen-client-urls http://127.0.0.1:2379\n  coffer serve --encryption-provider-config /etc/kubernetes/enc.yaml"
+)]
+pub struct Args {
+    /// Human-readable name of this member (MemberList).
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Data directory [default: <name>.coffer].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to serve clients on (http://host:port).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: Vec<String>,
+    /// Comma-separated client URLs advertised in MemberList [default: the listen URLs].
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// Largest write request accepted, in bytes (gRPC accepts 512 KiB more).
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = coffer_server::config::DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Most operations in one txn list (compares, success or failure).
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = coffer_server::config::DEFAULT_MAX_TXN_OPS)]
+    pub max_txn_ops: usize,
+    /// Backend quota in bytes: 0 = 2 GiB (etcd's default), negative = none.
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+    /// kube-apiserver's EncryptionConfiguration (YAML or JSON); keys no rule covers still use
+    /// the default key.
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
+    /// kube-apiserver's --etcd-prefix: where resource keys live.
+    #[arg(long, default_value = "/registry")]
+    pub etcd_prefix: String,
+    /// Coffer's default key file (0600), outside the data directory
+    /// [default: $XDG_CONFIG_HOME/coffer/<name>.key, else ~/.config/coffer/<name>.key].
+    #[arg(long)]
+    pub default_key_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter (error, warn, info, debug, trace, or e.g. `coffer_server=debug`).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("coffer serve is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format, &args.log_level)?;
+    let plan = Plan::resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("coffer-serve")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(plan))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("--log-level {level:?} is not a level or filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+/// Flags resolved into paths and settings, checked for conflicts.
+#[derive(Debug)]
+struct Plan {
+    name: String,
+    data_dir: PathBuf,
+    key_file: PathBuf,
+    listen: Vec<String>,
+    advertise: Vec<String>,
+    max_request_bytes: usize,
+    max_txn_ops: usize,
+    quota_backend_bytes: i64,
+    config: Option<PathBuf>,
+    etcd_prefix: String,
+}
+
+impl Plan {
+    fn resolve(args: &Args) -> anyhow::Result<Plan> {
+        if args.name.is_empty() {
+            bail!("--name must not be empty (MemberList clients skip nameless members)");
+        }
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.coffer", args.name)));
+        let key_file = match &args.default_key_file {
+            Some(p) => p.clone(),
+            None => default_key_path(&args.name)?,
+        };
+        let data_abs = full_path(&data_dir)?;
+        let key_abs = full_path(&key_file)?;
+        if key_abs.starts_with(&data_abs) {
+            bail!(
+                "--default-key-file {} is inside --data-dir {}: the key must live outside the \
+                 data directory, so that a copy of the data is not a copy of its key",
+                key_file.display(),
+                data_dir.display()
+            );
+        }
+        let listen: Vec<String> = args
+            .listen_client_urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if listen.is_empty() {
+            bail!("--listen-client-urls is empty");
+        }
+        for url in &listen {
+            coffer_server::config::ListenUrl::parse(url)
+                .with_context(|| "--listen-client-urls".to_owned())?;
+        }
+        let mut advertise: Vec<String> = args
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if advertise.is_empty() {
+            advertise = listen.clone();
+        }
+        for url in &advertise {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--advertise-client-urls {url:?}: expected http://host:port");
+            }
+        }
+        if args.max_request_bytes == 0 {
+            bail!("--max-request-bytes must be positive");
+        }
+        if args.max_txn_ops == 0 {
+            bail!("--max-txn-ops must be positive");
+        }
+        if args.etcd_prefix.is_empty() || !args.etcd_prefix.starts_with('/') {
+            bail!(
+                "--etcd-prefix {:?}: expected an absolute key prefix such as /registry",
+                args.etcd_prefix
+            );
+        }
+        Ok(Plan {
+            name: args.name.clone(),
+            data_dir: data_abs,
+            key_file: key_abs,
+            listen,
+            advertise,
+            max_request_bytes: args.max_request_bytes,
+            max_txn_ops: args.max_txn_ops,
+            quota_backend_bytes: args.quota_backend_bytes,
+            config: args.encryption_provider_config.clone(),
+            etcd_prefix: args.etcd_prefix.clone(),
+        })
+    }
+}
+
+/// `$XDG_CONFIG_HOME/coffer/<name>.key`, else `$HOME/.config/coffer/<name>.key`.
+fn default_key_path(name: &str) -> anyhow::Result<PathBuf> {
+    if name.contains('/') || name == "." || name == ".." {
+        bail!("--name {name:?} cannot name a key file; pass --default-key-file");
+    }
+    let file = format!("{name}.key");
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("coffer").join(file));
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(home).join(".config").join("coffer").join(file));
+    }
+    bail!("neither XDG_CONFIG_HOME nor HOME is set: pass --default-key-file")
+}
+
+/// An absolute path with `.`/`..` removed and the longest existing ancestor canonicalised
+/// (symlinks resolved), so two spellings of one place compare equal.
+fn full_path(p: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))?;
+    let mut clean = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    let mut existing = clean.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(n) => rest.push(n.to_owned()),
+            None => break,
+        }
+        if !existing.pop() {
+            break;
+        }
+    }
+    let mut out = fs::canonicalize(&existing).unwrap_or(existing);
+    for n in rest.into_iter().rev() {
+        out.push(n);
+    }
+    Ok(out)
+}
+
+/// What the data directory says about its key.
+#[derive(Debug, PartialEq, Eq)]
+struct Recorded {
+    fingerprint: String,
+    key_file: String,
+}
+
+fn read_record(data_dir: &Path) -> anyhow::Result<Option<Recorded>> {
+    let path = data_dir.join(FINGERPRINT_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut lines = text.lines();
+    let (Some(FINGERPRINT_HEADER), Some(fp), Some(file)) = (lines.next(), lines.next(), lines.next())
+    else {
+        bail!(
+            "{} is malformed (expected a {FINGERPRINT_HEADER:?} record)",
+            path.display()
+        );
+    };
+    if fp.len() < 16 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{} is malformed (bad fingerprint line)", path.display());
+    }
+    Ok(Some(Recorded {
+        fingerprint: fp.to_owned(),
+        key_file: file.to_owned(),
+    }))
+}
+
+/// Writes the record atomically: temp file, fsync, rename, fsync of the directory.
+fn write_record(data_dir: &Path, rec: &Recorded) -> anyhow::Result<()> {
+    let path = data_dir.join(FINGERPRINT_FILE);
+    let tmp = data_dir.join(format!("{FINGERPRINT_FILE}.tmp"));
+    let ctx = || format!("cannot write {}", path.display());
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(ctx)?;
+    writeln!(
+        f,
+        "{FINGERPRINT_HEADER}\n{}\n{}",
+        rec.fingerprint, rec.key_file
+    )
+    .with_context(ctx)?;
+    f.sync_all().with_context(ctx)?;
+    drop(f);
+    fs::rename(&tmp, &path).with_context(ctx)?;
+    fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(ctx)?;
+    Ok(())
+}
+
+/// Loads (or on a fresh data directory, creates) the default key and checks it against the
+/// data directory's record.
+fn default_key(plan: &Plan) -> anyhow::Result<DefaultKey> {
+    let record = read_record(&plan.data_dir)?;
+    let db = plan.data_dir.join(coffer_store::DB_FILE);
+    match record {
+        Some(rec) => {
+            let key = match DefaultKey::load(&plan.key_file) {
+                Ok(k) => k,
+                Err(coffer_seal::default_key::DefaultKeyError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    bail!(
+                        "the default key file {} does not exist, but data directory {} was \
+                         sealed with the default key from {} (fingerprint {}); restore that \
+                         file or point --default-key-file at it. Refusing to create a new key \
+                         over existing data.",
+                        plan.key_file.display(),
+                        plan.data_dir.display(),
+                        rec.key_file,
+                        rec.fingerprint
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if key.fingerprint() != rec.fingerprint {
+                bail!(
+                    "the default key file {} holds a different key (fingerprint {}) than the one \
+                     data directory {} was sealed with (fingerprint {}, from file {}); start with \
+                     --default-key-file pointing at that file",
+                    plan.key_file.display(),
+                    key.fingerprint(),
+                    plan.data_dir.display(),
+                    rec.fingerprint,
+                    rec.key_file
+                );
+            }
+            Ok(key)
+        }
+        None => {
+            if db.exists() {
+                bail!(
+                    "data directory {} holds data ({}) but no {FINGERPRINT_FILE} record of the \
+                     default key it was sealed with; refusing to guess. If you know the key, \
+                     write the record with that key's fingerprint",
+                    plan.data_dir.display(),
+                    db.display()
+                );
+            }
+            let key = DefaultKey::load_or_create(&plan.key_file)?;
+            write_record(
+                &plan.data_dir,
+                &Recorded {
+                    fingerprint: key.fingerprint(),
+                    key_file: plan.key_file.display().to_string(),
+                },
+            )?;
+            Ok(key)
+        }
+    }
+}
+
+fn build_keyspace(plan: &Plan, key: &DefaultKey) -> anyhow::Result<Keyspace> {
+    let rng: Arc<dyn RandomSource> =
+        Arc::new(SystemRandom::new().context("cannot seed the random number generator")?);
+    let service = Arc::new(
+        key.key_service(rng.clone())
+            .context("cannot use the default key")?,
+    );
+    let Some(path) = &plan.config else {
+        return Keyspace::default_only(service, rng).context("cannot build the default keyspace");
+    };
+    let config = coffer_seal::config::load(path).map_err(|e| {
+        anyhow::anyhow!(
+            "--encryption-provider-config {}: invalid:\n  {}",
+            path.display(),
+            e.lines().join("\n  ")
+        )
+    })?;
+    let report = coffer_seal::config::check(&config, &plan.etcd_prefix);
+    for w in &report.warnings {
+        warn!(code = w.code, at = %w.path, "encryption config: {}", w.message);
+    }
+    let identity_writes = report
+        .rules
+        .iter()
+        .filter(|r| r.write.kind == "identity")
+        .count();
+    if identity_writes > 0 {
+        warn!(
+            rules = identity_writes,
+            "the encryption config says identity (plaintext) for some resources: their values \
+             are stored UNENCRYPTED on disk"
+        );
+    }
+    info!(
+        file = %path.display(),
+        rules = report.rules.len(),
+        uncovered = "sealed with the default key",
+        "encryption provider config loaded"
+    );
+    Keyspace::new(
+        &config,
+        &plan.etcd_prefix,
+        Some(service),
+        &coffer_seal::key_service::NoKmsClient,
+        rng,
+    )
+    .with_context(|| format!("--encryption-provider-config {}", path.display()))
+}
+
+async fn serve(plan: Plan) -> anyhow::Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        etcd_api = coffer_server::ETCD_VERSION,
+        "coffer serve starting"
+    );
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&plan.data_dir)
+        .with_context(|| format!("cannot create data directory {}", plan.data_dir.display()))?;
+
+    let key = default_key(&plan)?;
+    info!(
+        file = %key.path().display(),
+        fingerprint = %key.fingerprint(),
+        created = key.created(),
+        "default key file"
+    );
+    if key.created() {
+        warn!(
+            file = %key.path().display(),
+            "created a new default key; back it up: without it the data cannot be read"
+        );
+    }
+    if plan.config.is_none() {
+        warn!(
+            "no --encryption-provider-config: every value is sealed with the local default key; \
+             production should use a KMS v2 provider so the key-encryption key stays in an HSM"
+        );
+    }
+    let keyspace = build_keyspace(&plan, &key)?;
+    drop(key);
+
+    let data_dir = plan.data_dir.clone();
+    let quota = plan.quota_backend_bytes;
+    let store = tokio::task::spawn_blocking(move || {
+        EmbeddedStore::open(
+            &data_dir,
+            Arc::new(keyspace),
+            StoreOptions {
+                quota_backend_bytes: quota,
+                ..StoreOptions::default()
+            },
+        )
+    })
+    .await
+    .context("the store opener panicked")?
+    .with_context(|| format!("cannot open the store in {}", plan.data_dir.display()))?;
+    let store = Arc::new(store);
+    info!(
+        data_dir = %plan.data_dir.display(),
+        revision = store.current_revision(),
+        "store open"
+    );
+
+    let mut config = ServerConfig::new(store.cluster_id(), store.member_id());
+    config.name = plan.name.clone();
+    config.listen_client_urls = plan.listen.clone();
+    config.advertise_client_urls = plan.advertise.clone();
+    config.max_request_bytes = plan.max_request_bytes;
+    config.max_txn_ops = plan.max_txn_ops;
+
+    let listeners = match coffer_server::bind(&config).await {
+        Ok(l) => l,
+        Err(e) => {
+            store.close();
+            return Err(e).context("cannot start serving");
+        }
+    };
+    for addr in listeners.local_addrs() {
+        info!(%addr, "ready to serve client requests");
+    }
+
+    let (sig_tx, sig_rx) = tokio::sync::watch::channel(0u32);
+    let signals = tokio::spawn(async move {
+        loop {
+            if wait_for_signal().await.is_err() {
+                return;
+            }
+            sig_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let mut first = sig_rx.clone();
+    let shutdown = async move {
+        let _ = first.wait_for(|n| *n >= 1).await;
+    };
+    let mut forced = sig_rx.clone();
+    let drain_guard = async move {
+        let _ = forced.wait_for(|n| *n >= 1).await;
+        tokio::select! {
+            _ = forced.wait_for(|n| *n >= 2) => warn!("second signal: stopping now"),
+            () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!(
+                timeout = ?DRAIN_TIMEOUT,
+                "open requests did not finish in time; stopping"
+            ),
+        }
+    };
+    let served = tokio::select! {
+        r = coffer_server::serve_on(listeners, config, store.clone(), shutdown) => r,
+        () = drain_guard => Ok(()),
+    };
+    signals.abort();
+    // Writes already queued finish and are made durable before the writer stops.
+    store.close();
+    served.context("the server stopped with an error")?;
+    info!("coffer serve stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        let mut full = vec!["serve"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_follow_etcd() {
+        let args = parse(&["--default-key-file", "/tmp/k"]).unwrap();
+        assert_eq!(args.name, "default");
+        assert_eq!(args.listen_client_urls, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(args.max_request_bytes, 1_572_864);
+        assert_eq!(args.max_txn_ops, 128);
+        assert_eq!(args.quota_backend_bytes, 0);
+        assert_eq!(args.etcd_prefix, "/registry");
+        let plan = Plan::resolve(&args).unwrap();
+        assert!(plan.data_dir.ends_with("default.coffer"));
+        assert_eq!(plan.advertise, plan.listen);
+    }
+
+    #[test]
+    fn lists_and_negative_quota() {
+        let args = parse(&[
+            "--listen-client-urls",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--quota-backend-bytes",
+            "-1",
+            "--default-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        assert_eq!(args.listen_client_urls.len(), 2);
+        assert_eq!(args.quota_backend_bytes, -1);
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error() {
+        assert!(parse(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn key_inside_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let args = parse(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--default-key-file",
+            data.join("sub/../k.key").to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = Plan::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("inside --data-dir"), "{err}");
+        // A sibling directory whose name merely starts the same way is fine.
+        let args = parse(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--default-key-file",
+            dir.path().join("data-keys/k.key").to_str().unwrap(),
+        ])
+        .unwrap();
+        assert!(Plan::resolve(&args).is_ok());
+    }
+
+    #[test]
+    fn bad_listen_url_is_refused() {
+        let args = parse(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--default-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
+        assert!(err.contains("https://127.0.0.1:2379"), "{err}");
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), None);
+        let rec = Recorded {
+            fingerprint: "ab".repeat(16),
+            key_file: "/etc/coffer/k.key".into(),
+        };
+        write_record(dir.path(), &rec).unwrap();
+        assert_eq!(read_record(dir.path()).unwrap(), Some(rec));
+        fs::write(dir.path().join(FINGERPRINT_FILE), "garbage").unwrap();
+        assert!(read_record(dir.path()).is_err());
+    }
 }

@@ -1,0 +1,148 @@
+//! The one table from Coffer's errors to etcd's gRPC status codes and `etcdserver: ...` strings.
+//!
+//! Clients (clientv3, kube-apiserver) turn the message text back into typed errors, so every
+//! message here is byte-exact with etcd's `api/v3rpc/rpctypes/error.go` (3.5). Errors etcd does
+//! not have (a value that cannot be opened, an engine failure) reach the client as `INTERNAL`
+//! with a message that names neither the key nor the value; the details go to the server log.
+
+use tonic::{Code, Status};
+
+/// Everything a request can fail with, before or inside the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A key (of a request, a compare or a nested op) is empty.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// A `RequestOp` with no operation set, or `ignore_*` on a missing key.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// More operations in a txn (or a nested txn) than `--max-txn-ops` allows.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Two writes of one key in a txn branch.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// A write request larger than `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// The requested revision was compacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is in the future.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// The NOSPACE alarm is active.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A member ID that is not this member.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// Malformed peer URLs in a membership change.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// A single member cannot add or remove voting members (etcd sends this as UNKNOWN).
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    /// Promoting a member that is not a learner.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MoveLeader to anything but this member.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// A downgrade version that is not `major.minor.patch`.
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    /// A downgrade this server cannot perform.
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    /// Cancelling a downgrade when none runs.
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// The server or store is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// A stored value could not be opened. The key and the reason stay in the server log.
+    #[error("coffer: a stored value could not be opened (details in the server log)")]
+    Unsealable,
+    /// A value could not be sealed. Details stay in the server log.
+    #[error("coffer: a value could not be sealed (details in the server log)")]
+    Unsealed,
+    /// The storage engine failed. Details stay in the server log.
+    #[error("coffer: the storage engine failed (details in the server log)")]
+    Engine,
+}
+
+impl ServerError {
+    /// The gRPC code etcd sends for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ServerError::EmptyKey
+            | ServerError::KeyNotFound
+            | ServerError::ValueProvided
+            | ServerError::LeaseProvided
+            | ServerError::TooManyOps
+            | ServerError::DuplicateKey
+            | ServerError::RequestTooLarge
+            | ServerError::MemberBadUrls
+            | ServerError::WrongDowngradeVersionFormat
+            | ServerError::InvalidDowngradeTargetVersion => Code::InvalidArgument,
+            ServerError::Compacted | ServerError::FutureRev => Code::OutOfRange,
+            ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
+            // etcd maps this one to a client-side error value without a gRPC status, so gRPC
+            // sends it as UNKNOWN (observed on 3.4.23; same mapping in 3.5/3.6 source).
+            ServerError::MemberNotEnoughStarted => Code::Unknown,
+            ServerError::MemberNotLearner
+            | ServerError::BadLeaderTransferee
+            | ServerError::NoInflightDowngrade => Code::FailedPrecondition,
+            ServerError::Stopped => Code::Unavailable,
+            ServerError::Unsealable | ServerError::Unsealed | ServerError::Engine => Code::Internal,
+        }
+    }
+}
+
+impl From<ServerError> for Status {
+    fn from(err: ServerError) -> Self {
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+impl From<coffer_store::Error> for ServerError {
+    fn from(err: coffer_store::Error) -> Self {
+        use coffer_store::Error as E;
+        match err {
+            E::KeyNotFound => ServerError::KeyNotFound,
+            E::LeaseNotFound => ServerError::LeaseNotFound,
+            E::Compacted => ServerError::Compacted,
+            E::FutureRev => ServerError::FutureRev,
+            E::NoSpace => ServerError::NoSpace,
+            E::Stopped => ServerError::Stopped,
+            E::Open { .. } => {
+                // The store's message names the etcd key and the seal's reason, never a value.
+                tracing::error!(error = %err, "a stored value could not be opened");
+                ServerError::Unsealable
+            }
+            E::Seal { .. } => {
+                tracing::error!(error = %err, "a value could not be sealed");
+                ServerError::Unsealed
+            }
+            other => {
+                tracing::error!(error = %other, "storage engine failure");
+                ServerError::Engine
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

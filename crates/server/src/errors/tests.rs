@@ -1,0 +1,195 @@
+//! Walks every error variant through the table and checks etcd's exact code and text.
+
+use std::collections::BTreeSet;
+
+use tonic::{Code, Status};
+
+use super::ServerError;
+
+/// The expected wire form of every variant, written out independently of `code()`/`Display`.
+/// The match is exhaustive, so a new variant does not compile until it is listed here; the
+/// numbers make sure `all()` below names each variant once.
+fn expected(err: &ServerError) -> (usize, Code, &'static str) {
+    match err {
+        ServerError::EmptyKey => (0, Code::InvalidArgument, "etcdserver: key is not provided"),
+        ServerError::KeyNotFound => (1, Code::InvalidArgument, "etcdserver: key not found"),
+        ServerError::ValueProvided => (2, Code::InvalidArgument, "etcdserver: value is provided"),
+        ServerError::LeaseProvided => (3, Code::InvalidArgument, "etcdserver: lease is provided"),
+        ServerError::TooManyOps => (
+            4,
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        ),
+        ServerError::DuplicateKey => (
+            5,
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        ),
+        ServerError::RequestTooLarge => {
+            (6, Code::InvalidArgument, "etcdserver: request is too large")
+        }
+        ServerError::Compacted => (
+            7,
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        ServerError::FutureRev => (
+            8,
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+        ServerError::NoSpace => (
+            9,
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
+        ServerError::LeaseNotFound => (10, Code::NotFound, "etcdserver: requested lease not found"),
+        ServerError::MemberNotFound => (11, Code::NotFound, "etcdserver: member not found"),
+        ServerError::MemberBadUrls => (
+            12,
+            Code::InvalidArgument,
+            "etcdserver: given member URLs are invalid",
+        ),
+        ServerError::MemberNotEnoughStarted => (
+            13,
+            Code::Unknown,
+            "etcdserver: re-configuration failed due to not enough started members",
+        ),
+        ServerError::MemberNotLearner => (
+            14,
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        ),
+        ServerError::BadLeaderTransferee => {
+            (15, Code::FailedPrecondition, "etcdserver: bad leader transferee")
+        }
+        ServerError::WrongDowngradeVersionFormat => (
+            16,
+            Code::InvalidArgument,
+            "etcdserver: wrong downgrade target version format",
+        ),
+        ServerError::InvalidDowngradeTargetVersion => (
+            17,
+            Code::InvalidArgument,
+            "etcdserver: invalid downgrade target version",
+        ),
+        ServerError::NoInflightDowngrade => (
+            18,
+            Code::FailedPrecondition,
+            "etcdserver: no inflight downgrade job",
+        ),
+        ServerError::Stopped => (19, Code::Unavailable, "etcdserver: server stopped"),
+        ServerError::Unsealable => (
+            20,
+            Code::Internal,
+            "coffer: a stored value could not be opened (details in the server log)",
+        ),
+        ServerError::Unsealed => (
+            21,
+            Code::Internal,
+            "coffer: a value could not be sealed (details in the server log)",
+        ),
+        ServerError::Engine => (
+            22,
+            Code::Internal,
+            "coffer: the storage engine failed (details in the server log)",
+        ),
+    }
+}
+const VARIANTS: usize = 23;
+
+fn all() -> Vec<ServerError> {
+    vec![
+        ServerError::EmptyKey,
+        ServerError::KeyNotFound,
+        ServerError::ValueProvided,
+        ServerError::LeaseProvided,
+        ServerError::TooManyOps,
+        ServerError::DuplicateKey,
+        ServerError::RequestTooLarge,
+        ServerError::Compacted,
+        ServerError::FutureRev,
+        ServerError::NoSpace,
+        ServerError::LeaseNotFound,
+        ServerError::MemberNotFound,
+        ServerError::MemberBadUrls,
+        ServerError::MemberNotEnoughStarted,
+        ServerError::MemberNotLearner,
+        ServerError::BadLeaderTransferee,
+        ServerError::WrongDowngradeVersionFormat,
+        ServerError::InvalidDowngradeTargetVersion,
+        ServerError::NoInflightDowngrade,
+        ServerError::Stopped,
+        ServerError::Unsealable,
+        ServerError::Unsealed,
+        ServerError::Engine,
+    ]
+}
+
+#[test]
+fn every_server_error_has_etcds_code_and_text() {
+    let mut seen = BTreeSet::new();
+    for err in all() {
+        let (index, code, text) = expected(&err);
+        assert!(seen.insert(index), "{err:?} listed twice");
+        let status = Status::from(err);
+        assert_eq!(status.code(), code, "code of {text}");
+        assert_eq!(status.message(), text);
+    }
+    assert_eq!(seen.len(), VARIANTS, "all() must list every variant once");
+    assert_eq!(seen.into_iter().max(), Some(VARIANTS - 1));
+}
+
+#[test]
+fn every_store_error_maps_to_the_right_etcd_error() {
+    use coffer_store::Error as E;
+    let secret_value = "sensitive-plaintext";
+    let cases: Vec<(E, Code, &str)> = vec![
+        (E::KeyNotFound, Code::InvalidArgument, "etcdserver: key not found"),
+        (E::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
+        (
+            E::Compacted,
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        ),
+        (
+            E::FutureRev,
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        ),
+        (
+            E::NoSpace,
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        ),
+        (E::Stopped, Code::Unavailable, "etcdserver: server stopped"),
+        (
+            E::Open {
+                key: "/registry/secrets/default/s".into(),
+                reason: format!("bad tag near {secret_value}"),
+            },
+            Code::Internal,
+            "coffer: a stored value could not be opened (details in the server log)",
+        ),
+        (
+            E::Seal {
+                key: "/registry/secrets/default/s".into(),
+                reason: format!("bad key near {secret_value}"),
+            },
+            Code::Internal,
+            "coffer: a value could not be sealed (details in the server log)",
+        ),
+        (
+            E::Engine(format!("disk full writing {secret_value}")),
+            Code::Internal,
+            "coffer: the storage engine failed (details in the server log)",
+        ),
+    ];
+    for (err, code, text) in cases {
+        let status = Status::from(ServerError::from(err));
+        assert_eq!(status.code(), code);
+        assert_eq!(status.message(), text);
+        assert!(!status.message().contains(secret_value));
+        assert!(!status.message().contains("/registry"));
+    }
+}

@@ -1,0 +1,129 @@
+//! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Each call validates as etcd's `v3rpc/key.go` does, applies the write limits (size, NOSPACE),
+//! delegates to the store and stamps the response header with this member's identity. Logs
+//! carry sizes and counts, never keys' values.
+
+use std::sync::Arc;
+
+use coffer_proto::{
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use coffer_store::Backend;
+use tonic::{Request, Response, Status};
+use tracing::{debug, instrument};
+
+use crate::errors::ServerError;
+use crate::state::Shared;
+use crate::validate;
+
+/// The KV service over a store `B`.
+#[derive(Debug)]
+pub struct KvService<B> {
+    backend: Arc<B>,
+    shared: Arc<Shared>,
+}
+
+impl<B> KvService<B> {
+    /// A KV service answering from `backend`.
+    pub fn new(backend: Arc<B>, shared: Arc<Shared>) -> Self {
+        KvService { backend, shared }
+    }
+}
+
+#[tonic::async_trait]
+impl<B: Backend> Kv for KvService<B> {
+    #[instrument(skip_all, name = "kv.range")]
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        debug!(
+            key_len = req.key.len(),
+            range_end_len = req.range_end.len(),
+            limit = req.limit,
+            revision = req.revision,
+            "range"
+        );
+        validate::range(&req)?;
+        let mut resp = self.backend.range(req).await.map_err(ServerError::from)?;
+        self.shared.stamp(&mut resp.header);
+        debug!(kvs = resp.kvs.len(), count = resp.count, "range done");
+        Ok(Response::new(resp))
+    }
+
+    #[instrument(skip_all, name = "kv.put")]
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        debug!(
+            key_len = req.key.len(),
+            value_len = req.value.len(),
+            lease = req.lease,
+            "put"
+        );
+        validate::put(&req)?;
+        validate::request_size(&req, self.shared.config.max_request_bytes)?;
+        if self.shared.no_space() {
+            return Err(ServerError::NoSpace.into());
+        }
+        let mut resp = self.backend.put(req).await.map_err(ServerError::from)?;
+        self.shared.stamp(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    #[instrument(skip_all, name = "kv.delete_range")]
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        debug!(
+            key_len = req.key.len(),
+            range_end_len = req.range_end.len(),
+            "delete_range"
+        );
+        validate::delete_range(&req)?;
+        validate::request_size(&req, self.shared.config.max_request_bytes)?;
+        let mut resp = self.backend.delete_range(req).await.map_err(ServerError::from)?;
+        self.shared.stamp(&mut resp.header);
+        debug!(deleted = resp.deleted, "delete_range done");
+        Ok(Response::new(resp))
+    }
+
+    #[instrument(skip_all, name = "kv.txn")]
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        debug!(
+            compares = req.compare.len(),
+            success = req.success.len(),
+            failure = req.failure.len(),
+            "txn"
+        );
+        validate::txn(&req, self.shared.config.max_txn_ops)?;
+        if !validate::txn_is_read_only(&req) {
+            validate::request_size(&req, self.shared.config.max_request_bytes)?;
+        }
+        if self.shared.no_space() && validate::txn_has_put(&req) {
+            return Err(ServerError::NoSpace.into());
+        }
+        let mut resp = self.backend.txn(req).await.map_err(ServerError::from)?;
+        self.shared.stamp(&mut resp.header);
+        debug!(succeeded = resp.succeeded, "txn done");
+        Ok(Response::new(resp))
+    }
+
+    #[instrument(skip_all, name = "kv.compact")]
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        debug!(revision = req.revision, physical = req.physical, "compact");
+        validate::request_size(&req, self.shared.config.max_request_bytes)?;
+        let mut resp = self.backend.compact(req).await.map_err(ServerError::from)?;
+        self.shared.stamp(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,215 @@
+//! Request validation done before a request reaches the store, exactly as etcd's
+//! `etcdserver/api/v3rpc/key.go` does it (`checkRangeRequest`, `checkPutRequest`,
+//! `checkDeleteRequest`, `checkTxnRequest`, `checkRequestOp`, `checkIntervals`), plus the
+//! `--max-request-bytes` limit etcd applies to the raft entry of every write.
+//!
+//! The order of the checks is etcd's, so a request with several faults gets etcd's error.
+
+use std::collections::BTreeSet;
+
+use coffer_proto::{
+    request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use prost::Message;
+
+use crate::errors::ServerError;
+
+/// `checkRangeRequest`: the key must not be empty.
+pub fn range(req: &RangeRequest) -> Result<(), ServerError> {
+    if req.key.is_empty() {
+        return Err(ServerError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// `checkPutRequest`: non-empty key; `ignore_value` without a value; `ignore_lease` without a
+/// lease.
+pub fn put(req: &PutRequest) -> Result<(), ServerError> {
+    if req.key.is_empty() {
+        return Err(ServerError::EmptyKey);
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(ServerError::ValueProvided);
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(ServerError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// `checkDeleteRequest`: the key must not be empty.
+pub fn delete_range(req: &DeleteRangeRequest) -> Result<(), ServerError> {
+    if req.key.is_empty() {
+        return Err(ServerError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Everything etcd checks on a Txn before executing it: `checkTxnRequest` (operation limits,
+/// compare keys, each op as its standalone RPC), then `checkIntervals` on `success` and on
+/// `failure` separately (the duplicate-key rule).
+pub fn txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), ServerError> {
+    txn_shape(req, max_txn_ops)?;
+    intervals(&req.success)?;
+    intervals(&req.failure)?;
+    Ok(())
+}
+
+/// `checkTxnRequest`: `max(len(compare), len(success), len(failure)) <= max_txn_ops`; every
+/// compare key non-empty; every op valid, nested txns with the limit `max_txn_ops - n`.
+fn txn_shape(req: &TxnRequest, max_txn_ops: usize) -> Result<(), ServerError> {
+    let ops = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
+    if ops > max_txn_ops {
+        return Err(ServerError::TooManyOps);
+    }
+    if req.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(ServerError::EmptyKey);
+    }
+    let nested_limit = max_txn_ops - ops;
+    for op in req.success.iter().chain(req.failure.iter()) {
+        request_op(op, nested_limit)?;
+    }
+    Ok(())
+}
+
+/// `checkRequestOp`: each op is validated like its RPC; an op with nothing set is
+/// `key not found`.
+fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ServerError> {
+    match &op.request {
+        Some(Request::RequestRange(r)) => range(r),
+        Some(Request::RequestPut(r)) => put(r),
+        Some(Request::RequestDeleteRange(r)) => delete_range(r),
+        Some(Request::RequestTxn(r)) => txn_shape(r, max_txn_ops),
+        None => Err(ServerError::KeyNotFound),
+    }
+}
+
+/// A deleted interval as etcd's interval tree holds it: `[begin, end)`, or the single key
+/// `begin` when `end` is `None`. An `end` of `"\x00"` or any `end <= begin` is an empty
+/// interval, so such deletes never conflict with a put (etcd behaves the same way).
+#[derive(Debug, Clone)]
+struct Deleted {
+    begin: Vec<u8>,
+    end: Option<Vec<u8>>,
+}
+
+impl Deleted {
+    fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => self.begin.as_slice() == key,
+            Some(end) => self.begin.as_slice() <= key && key < end.as_slice(),
+        }
+    }
+}
+
+fn deletes_contain(dels: &[Deleted], key: &[u8]) -> bool {
+    dels.iter().any(|d| d.contains(key))
+}
+
+/// `checkIntervals` for one list of ops: returns the keys put and the intervals deleted in
+/// it (nested txns included) so the caller can check them against its own level.
+///
+/// Order matters and is etcd's: this level's deletes are collected first; then each nested
+/// txn's puts are checked against those and against the deletes of *earlier* nested txns
+/// (a nested txn's `failure` puts are not checked against its own `success` deletes, and a
+/// key put in a nested `success` may be put again in the same nested `failure`); finally this
+/// level's puts are checked against every put and delete collected so far.
+fn intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<Deleted>), ServerError> {
+    let mut dels: Vec<Deleted> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestDeleteRange(d)) => Some(Deleted {
+                begin: d.key.clone(),
+                end: (!d.range_end.is_empty()).then(|| d.range_end.clone()),
+            }),
+            _ => None,
+        })
+        .collect();
+
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for op in ops {
+        let Some(Request::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
+        let (puts_then, dels_then) = intervals(&nested.success)?;
+        let (puts_else, dels_else) = intervals(&nested.failure)?;
+        for key in &puts_then {
+            if puts.contains(key) || deletes_contain(&dels, key) {
+                return Err(ServerError::DuplicateKey);
+            }
+            puts.insert(key.clone());
+        }
+        for key in &puts_else {
+            // The same key in the nested txn's success and failure is fine: only one runs.
+            if puts.contains(key) && !puts_then.contains(key) {
+                return Err(ServerError::DuplicateKey);
+            }
+            if deletes_contain(&dels, key) {
+                return Err(ServerError::DuplicateKey);
+            }
+            puts.insert(key.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+
+    for op in ops {
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
+        if puts.contains(&p.key) || deletes_contain(&dels, &p.key) {
+            return Err(ServerError::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// Whether every op of the txn, in both branches and nested txns, is a Range. etcd serves such
+/// a txn without a raft entry, so the size limit does not apply to it.
+pub fn txn_is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) => true,
+            Some(Request::RequestTxn(nested)) => txn_is_read_only(nested),
+            _ => false,
+        })
+}
+
+/// Whether the txn contains a Put anywhere (both branches, nested txns): such a txn has a
+/// non-zero quota cost and is refused while NOSPACE is active.
+pub fn txn_has_put(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(req.failure.iter())
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(nested)) => txn_has_put(nested),
+            _ => false,
+        })
+}
+
+/// Bytes etcd adds around a request when it wraps it in its internal raft entry: the request
+/// header (field 100, a 2-byte tag, its length, and an ID of up to 10 varint bytes with its
+/// tag) and the request's own tag and length prefix.
+fn raft_envelope_len(body_len: usize) -> usize {
+    2 + 1 + 1 + 10 + 1 + prost::encoding::encoded_len_varint(body_len as u64)
+}
+
+/// `--max-request-bytes`: etcd refuses a write whose raft entry is larger than the limit.
+pub fn request_size<M: Message>(req: &M, max_request_bytes: usize) -> Result<(), ServerError> {
+    let body = req.encoded_len();
+    if body + raft_envelope_len(body) > max_request_bytes {
+        return Err(ServerError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,28 @@
+//! How the store seals values before they reach the engine and opens them after: the
+//! [`Sealer`] trait, and its implementation for `coffer_seal`'s keyspace (every value goes
+//! through kube-apiserver's formats, the etcd key as authenticated data).
+//!
+//! Errors from a sealer carry a reason for operators; they must never contain a value or key
+//! material.
+
+/// Seals and opens values. The etcd key is passed so formats that authenticate it can.
+pub trait Sealer: Send + Sync + 'static {
+    /// Seals `plaintext` stored at `key`; the result is what goes to disk.
+    fn seal(&self, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, String>;
+    /// Opens `stored` bytes read from `key`, returning the plaintext.
+    fn open(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// The real sealer: kube-apiserver's formats through `coffer_seal`'s keyspace. Errors carry
+/// the seal crate's messages, which name providers and failures, never values or keys.
+impl Sealer for coffer_seal::Keyspace {
+    fn seal(&self, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, String> {
+        coffer_seal::Keyspace::seal(self, key, plaintext).map_err(|e| e.to_string())
+    }
+
+    fn open(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, String> {
+        coffer_seal::Keyspace::open(self, key, stored)
+            .map(|o| o.plaintext)
+            .map_err(|e| e.to_string())
+    }
+}

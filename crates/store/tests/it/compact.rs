@@ -1,0 +1,91 @@
+//! Compaction (reference §1.6) and its persistence.
+
+use coffer_proto::CompactionRequest;
+use coffer_store::{Backend, Error};
+
+use crate::common::*;
+
+fn compact(rev: i64, physical: bool) -> CompactionRequest {
+    CompactionRequest {
+        revision: rev,
+        physical,
+    }
+}
+
+#[tokio::test]
+async fn compact_errors_and_reads_around_it() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    put(&s, "a", "1").await; // 2
+    put(&s, "a", "2").await; // 3
+    put(&s, "b", "1").await; // 4
+    del(&s, "b", "").await; // 5
+    put(&s, "a", "3").await; // 6
+    assert!(matches!(s.compact(compact(7, false)).await, Err(Error::FutureRev)));
+    let r = s.compact(compact(5, false)).await.unwrap();
+    assert_eq!(rev_of(&r.header), 6, "compaction does not create a revision");
+    assert!(matches!(s.compact(compact(5, false)).await, Err(Error::Compacted)));
+    assert!(matches!(s.compact(compact(3, true)).await, Err(Error::Compacted)));
+    let mut at = rr("a", "\0");
+    at.revision = 4;
+    assert!(matches!(s.range(at.clone()).await, Err(Error::Compacted)));
+    at.revision = 5; // exactly the compact revision: allowed
+    let r = get(&s, at).await;
+    assert_eq!(keys(&r), vec!["a"]);
+    assert_eq!(r.kvs[0].value, b"2");
+    assert_eq!(get(&s, rr("a", "")).await.kvs[0].version, 3);
+    // physical waits for the removal
+    s.compact(compact(6, true)).await.unwrap();
+    let st = s.status().await.unwrap();
+    assert_eq!((st.revision, st.compact_revision), (6, 6));
+    let kv = get(&s, rr("a", "")).await.kvs[0].clone();
+    assert_eq!((kv.value.as_slice(), kv.version, kv.create_revision), (&b"3"[..], 3, 2));
+}
+
+#[tokio::test]
+async fn compaction_survives_restart_and_revision_never_goes_back() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let s = open(d.path());
+        for i in 0..50 {
+            put(&s, &format!("k{}", i % 5), &format!("v{i}")).await;
+        }
+        del(&s, "k0", "").await; // 52
+        s.compact(compact(52, true)).await.unwrap();
+        s.close();
+    }
+    let s = open(d.path());
+    let st = s.status().await.unwrap();
+    assert_eq!((st.revision, st.compact_revision), (52, 52));
+    let mut old = rr("k1", "");
+    old.revision = 51;
+    assert!(matches!(s.range(old).await, Err(Error::Compacted)));
+    assert!(matches!(s.compact(compact(40, false)).await, Err(Error::Compacted)));
+    let r = get(&s, rr("k", "l")).await;
+    assert_eq!(keys(&r), vec!["k1", "k2", "k3", "k4"]);
+    assert_eq!(r.kvs[0].version, 10);
+    assert_eq!(rev_of(&put(&s, "z", "z").await.header), 53);
+}
+
+#[tokio::test]
+async fn logical_compaction_is_finished_in_batches_in_the_background() {
+    let d = tempfile::tempdir().unwrap();
+    let s = open_with(
+        d.path(),
+        coffer_store::StoreOptions {
+            compaction_batch_limit: 3,
+            ..Default::default()
+        },
+    );
+    for i in 0..40 {
+        put(&s, "k", &format!("{i}")).await;
+    }
+    s.compact(compact(41, false)).await.unwrap();
+    // a later physical compaction returns only when everything before it is removed
+    put(&s, "k", "last").await;
+    s.compact(compact(42, true)).await.unwrap();
+    drop(s);
+    let s = open(d.path());
+    let r = get(&s, rr("k", "")).await;
+    assert_eq!((r.kvs[0].version, r.kvs[0].value.as_slice()), (41, &b"last"[..]));
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the embedded store through the `Backend` trait (one binary).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod compact;
+mod group;
+mod model;
+mod restart;
+mod sealing;
+mod semantics;
+mod txn;
