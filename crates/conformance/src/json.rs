@@ -248,7 +248,9 @@ pub fn member_list_response(r: &MemberListResponse, client_endpoint: &str) -> Va
                 "id_nonzero": m.id != 0,
                 "id_matches_header": header_member == Some(m.id),
                 "name": m.name,
-                "peer_urls": m.peer_ur_ls.iter().map(|u| mask_url(u, client_endpoint)).collect::<Vec<_>>(),
+                // A single member's peer URLs mean nothing to clients (etcd shows its configured
+                // one, Coffer a default like etcd's); only their presence is compared.
+                "peer_urls_nonempty": !m.peer_ur_ls.is_empty(),
                 "client_urls": m.client_ur_ls.iter().map(|u| mask_url(u, client_endpoint)).collect::<Vec<_>>(),
                 "is_learner": m.is_learner,
             })

@@ -134,6 +134,9 @@ impl Server {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(&self.program);
+        if self.kind == ServerKind::Coffer {
+            cmd.arg("serve");
+        }
         cmd.arg("--name").arg("conformance");
         cmd.arg("--data-dir").arg(&self.data_dir);
         cmd.arg("--listen-client-urls").arg(&client);

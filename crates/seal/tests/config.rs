@@ -739,3 +739,41 @@ fn warnings_cover_each_trip_wire() {
     let w = codes(&format!("{head}- resources: [secrets]\n  providers:\n  - kms: {{apiVersion: v2, name: k, endpoint: 'unix:///a'}}\n"));
     assert!(w.is_empty(), "a kms v2-only config has no warning: {w:?}");
 }
+
+#[test]
+fn hostile_documents_fail_fast() {
+    let deep_json = format!("{}1{}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    let deep_yaml = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10u8 {
+        let (n, p) = ((b'a' + i) as char, (b'a' + i - 1) as char);
+        laughs += &format!("{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n");
+    }
+    for (doc, want) in [
+        (deep_json, "nesting deeper than 64 levels"),
+        (deep_yaml, "nesting deeper than 64 levels"),
+        (laughs, "repetition limit exceeded"),
+    ] {
+        let start = std::time::Instant::now();
+        let err = parse(doc.as_bytes(), "hostile").unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{want}: {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn reload_mode_makes_kms_v1_names_unique() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/configs/valid/kms-v2-then-v1-same-name.yaml");
+    let bytes = std::fs::read(f).unwrap();
+    assert!(config::parse_with_reload(&bytes, "t", false).is_ok());
+    let err = config::parse_with_reload(&bytes, "t", true).unwrap_err();
+    assert_eq!(
+        err.lines(),
+        ["resources[0].providers[1].kms.name: Invalid value: \"foo\": duplicate KMS provider name foo, names must be unique"]
+    );
+}

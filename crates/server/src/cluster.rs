@@ -121,9 +121,17 @@ impl<B: Backend> Cluster for ClusterService<B> {
         if req.id != self.shared.config.member_id {
             return Err(ServerError::MemberNotFound.into());
         }
-        info!(urls = req.peer_ur_ls.len(), "peer URLs updated (kept in memory)");
+        info!(
+            urls = req.peer_ur_ls.len(),
+            "peer URLs updated (kept in memory)"
+        );
         *self.peer_urls.lock().unwrap_or_else(|p| p.into_inner()) = req.peer_ur_ls;
-        let revision = self.backend.status().await.map_err(ServerError::from)?.revision;
+        let revision = self
+            .backend
+            .status()
+            .await
+            .map_err(ServerError::from)?
+            .revision;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.shared.header(revision)),
             members: self.members(),
@@ -135,7 +143,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         _request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let revision = self.backend.status().await.map_err(ServerError::from)?.revision;
+        let revision = self
+            .backend
+            .status()
+            .await
+            .map_err(ServerError::from)?
+            .revision;
         Ok(Response::new(MemberListResponse {
             header: Some(self.shared.header(revision)),
             members: self.members(),
@@ -156,6 +169,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -9,6 +9,12 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// What gRPC may receive beyond `--max-request-bytes` (etcd's `grpcOverheadBytes`).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Default `--watch-progress-notify-interval` (etcd: 10 minutes).
+pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(600);
+/// Smallest progress interval; smaller values are raised to it (etcd: 100 ms).
+pub const MIN_WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration =
+    std::time::Duration::from_millis(100);
 /// The peer URL a single member advertises (Coffer has no peers; etcd's default).
 pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
 
@@ -55,6 +61,10 @@ pub struct ServerConfig {
     pub member_id: u64,
     /// TLS (a later issue); must be `None` for now.
     pub tls: Option<TlsConfig>,
+    /// `--watch-progress-notify-interval` / `--experimental-watch-progress-notify-interval`:
+    /// period of progress notifications to watchers with `progress_notify` (values below
+    /// [`MIN_WATCH_PROGRESS_NOTIFY_INTERVAL`] are raised to it when serving).
+    pub watch_progress_notify_interval: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -70,6 +80,7 @@ impl ServerConfig {
             cluster_id,
             member_id,
             tls: None,
+            watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
         }
     }
 
@@ -100,7 +111,9 @@ impl ListenUrl {
         } else if url.starts_with("https://") || url.starts_with("unixs://") {
             return Err(bad("TLS listeners are not supported yet; use http://"));
         } else if url.starts_with("unix://") {
-            return Err(bad("unix socket listeners are not supported yet; use http://"));
+            return Err(bad(
+                "unix socket listeners are not supported yet; use http://",
+            ));
         } else {
             return Err(bad("expected http://host:port"));
         };
@@ -151,6 +164,7 @@ impl ListenUrl {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -170,7 +184,10 @@ mod tests {
                 port: 0
             }
         );
-        assert_eq!(ListenUrl::parse("http://localhost:1").unwrap().host, "localhost");
+        assert_eq!(
+            ListenUrl::parse("http://localhost:1").unwrap().host,
+            "localhost"
+        );
         for bad in [
             "127.0.0.1:2379",
             "https://127.0.0.1:2379",

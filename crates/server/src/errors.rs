@@ -145,4 +145,5 @@ impl From<coffer_store::Error> for ServerError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

@@ -86,7 +86,11 @@ impl<B: Backend> Kv for KvService<B> {
         );
         validate::delete_range(&req)?;
         validate::request_size(&req, self.shared.config.max_request_bytes)?;
-        let mut resp = self.backend.delete_range(req).await.map_err(ServerError::from)?;
+        let mut resp = self
+            .backend
+            .delete_range(req)
+            .await
+            .map_err(ServerError::from)?;
         self.shared.stamp(&mut resp.header);
         debug!(deleted = resp.deleted, "delete_range done");
         Ok(Response::new(resp))

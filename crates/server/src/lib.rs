@@ -16,6 +16,8 @@ pub mod kv;
 pub mod maintenance;
 pub mod state;
 pub mod validate;
+pub mod watch;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -101,22 +103,20 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
     for url in &config.listen_client_urls {
         let parsed = config::ListenUrl::parse(url)?;
         for addr in parsed.resolve(url).await? {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| {
-                    if source.kind() == std::io::ErrorKind::AddrInUse {
-                        ServeError::AddrInUse {
-                            url: url.clone(),
-                            addr,
-                        }
-                    } else {
-                        ServeError::Bind {
-                            url: url.clone(),
-                            addr,
-                            source,
-                        }
+            let listener = TcpListener::bind(addr).await.map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    ServeError::AddrInUse {
+                        url: url.clone(),
+                        addr,
                     }
-                })?;
+                } else {
+                    ServeError::Bind {
+                        url: url.clone(),
+                        addr,
+                        source,
+                    }
+                }
+            })?;
             listeners.push(listener);
         }
     }
@@ -130,7 +130,11 @@ impl From<Vec<TcpListener>> for Listeners {
 }
 
 /// Binds and serves until `shutdown` completes, then stops accepting and drains.
-pub async fn serve<B, F>(config: ServerConfig, backend: Arc<B>, shutdown: F) -> Result<(), ServeError>
+pub async fn serve<B, F>(
+    config: ServerConfig,
+    backend: Arc<B>,
+    shutdown: F,
+) -> Result<(), ServeError>
 where
     B: Backend + Defragment,
     F: Future<Output = ()>,
@@ -159,10 +163,13 @@ where
     let kv = KvServer::new(kv::KvService::new(backend.clone(), shared.clone()))
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
-    let maintenance =
-        MaintenanceServer::new(maintenance::MaintenanceService::new(backend.clone(), shared.clone()))
-            .max_decoding_message_size(max_recv)
-            .max_encoding_message_size(usize::MAX);
+    let maintenance = MaintenanceServer::new(maintenance::MaintenanceService::new(
+        backend.clone(),
+        shared.clone(),
+    ))
+    .max_decoding_message_size(max_recv)
+    .max_encoding_message_size(usize::MAX);
+    let watch_hub = backend.watch_hub();
     let cluster = ClusterServer::new(cluster::ClusterService::new(backend, shared.clone()))
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
@@ -171,11 +178,18 @@ where
 
     // Watch, Lease and Auth are added here by their issues; TLS and the auth check become a
     // layer on this builder.
+    let watch = watch_hub.map(|hub| {
+        coffer_proto::watch_server::WatchServer::new(watch::WatchService::new(hub, shared.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX)
+    });
     let router = Server::builder()
+        .layer(wire::EtcdWireLayer)
         .add_service(health)
         .add_service(kv)
         .add_service(maintenance)
-        .add_service(cluster);
+        .add_service(cluster)
+        .add_optional_service(watch);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let addrs = listeners.local_addrs();

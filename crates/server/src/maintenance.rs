@@ -84,11 +84,19 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
         let alarms = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => self.shared.alarm_list(alarm),
             Ok(AlarmAction::Activate) => {
-                info!(member_id = req.member_id, alarm = req.alarm, "alarm activated");
+                info!(
+                    member_id = req.member_id,
+                    alarm = req.alarm,
+                    "alarm activated"
+                );
                 vec![self.shared.activate(req.member_id, alarm)]
             }
             Ok(AlarmAction::Deactivate) => {
-                info!(member_id = req.member_id, alarm = req.alarm, "alarm deactivated");
+                info!(
+                    member_id = req.member_id,
+                    alarm = req.alarm,
+                    "alarm deactivated"
+                );
                 self.shared
                     .deactivate(req.member_id, alarm)
                     .into_iter()
@@ -97,7 +105,12 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
             // etcd ignores unknown actions and answers an empty response.
             Err(_) => Vec::new(),
         };
-        let revision = self.backend.status().await.map_err(ServerError::from)?.revision;
+        let revision = self
+            .backend
+            .status()
+            .await
+            .map_err(ServerError::from)?
+            .revision;
         Ok(Response::new(AlarmResponse {
             header: Some(self.shared.header(revision)),
             alarms,
@@ -138,7 +151,12 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
         &self,
         _request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        let before = self.backend.status().await.map_err(ServerError::from)?.db_size;
+        let before = self
+            .backend
+            .status()
+            .await
+            .map_err(ServerError::from)?
+            .db_size;
         self.backend.defragment().await.map_err(ServerError::from)?;
         let st = self.backend.status().await.map_err(ServerError::from)?;
         info!(before, after = st.db_size, "defragmented");
@@ -155,7 +173,9 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
         &self,
         _request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(Status::unimplemented("coffer: HashKV is not implemented yet"))
+        Err(Status::unimplemented(
+            "coffer: HashKV is not implemented yet",
+        ))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -178,7 +198,12 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
         if req.target_id != self.shared.config.member_id {
             return Err(ServerError::BadLeaderTransferee.into());
         }
-        let revision = self.backend.status().await.map_err(ServerError::from)?.revision;
+        let revision = self
+            .backend
+            .status()
+            .await
+            .map_err(ServerError::from)?
+            .revision;
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.shared.header(revision)),
         }))
@@ -201,6 +226,7 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -212,4 +212,5 @@ pub fn request_size<M: Message>(req: &M, max_request_bytes: usize) -> Result<(),
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

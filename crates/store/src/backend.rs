@@ -46,6 +46,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<CompactionResponse, Error>> + Send;
     /// Revision, compaction and size figures.
     fn status(&self) -> impl Future<Output = Result<StoreStatus, Error>> + Send;
+    /// The watch hub fed by this backend's commits, if it has one.
+    fn watch_hub(&self) -> Option<std::sync::Arc<crate::watch::WatchHub>> {
+        None
+    }
 }
 
 impl<B: Backend> Backend for std::sync::Arc<B> {
@@ -75,5 +79,8 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn status(&self) -> impl Future<Output = Result<StoreStatus, Error>> + Send {
         (**self).status()
+    }
+    fn watch_hub(&self) -> Option<std::sync::Arc<crate::watch::WatchHub>> {
+        (**self).watch_hub()
     }
 }

@@ -25,7 +25,8 @@ use crate::index::Index;
 use crate::range::{self, Candidate, Collect};
 use crate::record::{Record, Rev};
 use crate::sealer::Sealer;
-use crate::writer::{self, Command, CommitListener, Writer};
+use crate::watch::WatchHub;
+use crate::writer::{self, Command, CommitListener, CommittedRevision, Writer};
 use crate::{Backend, Error, StoreStatus};
 
 /// Records by revision: 12-byte revision key → encoded [`Record`].
@@ -173,6 +174,7 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     tx: Mutex<Option<Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    hub: Arc<WatchHub>,
     cluster_id: u64,
     member_id: u64,
 }
@@ -224,10 +226,12 @@ impl EmbeddedStore {
                 match get_meta_i64(&meta, "format")? {
                     None => put_meta_i64(&mut meta, "format", FORMAT_VERSION)?,
                     Some(FORMAT_VERSION) => {}
-                    Some(other) => return Err(Error::Engine(format!(
+                    Some(other) => {
+                        return Err(Error::Engine(format!(
                         "{} has storage format {other}; this version reads format {FORMAT_VERSION}",
                         path.display()
-                    ))),
+                    )))
+                    }
                 }
                 let mut id = |name: &str| -> Result<u64, Error> {
                     match get_meta_i64(&meta, name)? {
@@ -318,8 +322,15 @@ impl EmbeddedStore {
             stopped: AtomicBool::new(false),
         });
         shared.refresh_size();
+        let current = shared.read_index().current;
+        let hub = WatchHub::new(
+            current,
+            Arc::new(EmbeddedHistory {
+                shared: Arc::clone(&shared),
+            }),
+        );
         let (tx, rx) = mpsc::channel();
-        let w = Writer::new(Arc::clone(&shared), rx, resume);
+        let w = Writer::new(Arc::clone(&shared), rx, resume, Arc::clone(&hub));
         let handle = std::thread::Builder::new()
             .name("coffer-store-writer".into())
             .spawn(move || w.run())
@@ -328,6 +339,7 @@ impl EmbeddedStore {
             shared,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            hub,
             cluster_id,
             member_id,
         })
@@ -346,6 +358,11 @@ impl EmbeddedStore {
     /// Number of durable engine commits since open (each commits one group of writes).
     pub fn commit_count(&self) -> u64 {
         self.shared.commits.load(Ordering::Relaxed)
+    }
+
+    /// The store's watch hub.
+    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+        &self.hub
     }
 
     /// Current revision.
@@ -521,5 +538,176 @@ impl Backend for EmbeddedStore {
 
     async fn status(&self) -> Result<StoreStatus, Error> {
         self.call(Command::Status).await
+    }
+
+    fn watch_hub(&self) -> Option<Arc<WatchHub>> {
+        Some(Arc::clone(&self.hub))
+    }
+}
+
+/// The embedded store's history, for the watch hub's catch-up reads.
+pub(crate) struct EmbeddedHistory {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A record found by a history scan, before its value is opened.
+struct Found {
+    rev: Rev,
+    key: Vec<u8>,
+    /// `(create_revision, version, lease, sealed)` of a put; `None` for a tombstone.
+    put: Option<(i64, i64, i64, Vec<u8>)>,
+    /// The key's version visible at `rev.main - 1` (the event's prev_kv), if any.
+    prev: Option<crate::index::Entry>,
+}
+
+impl crate::watch::History for EmbeddedHistory {
+    fn read(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        max: i64,
+    ) -> Result<crate::watch::HistoryRead, Error> {
+        use coffer_proto::mvccpb::{event::EventType, Event, KeyValue};
+        let shared = &*self.shared;
+        if shared.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Stopped);
+        }
+        let Some(bounds) = crate::index::key_bounds(key, range_end) else {
+            return Ok(crate::watch::HistoryRead::Batch {
+                revisions: Vec::new(),
+                through: from - 1,
+                current: shared.read_index().current,
+            });
+        };
+        let in_range = |k: &[u8]| {
+            use std::ops::RangeBounds;
+            RangeBounds::<[u8]>::contains(&bounds, k)
+        };
+        // Scan records and look up previous versions under the index lock, so compaction
+        // cannot remove what the scan relies on; open values after releasing it.
+        let (found, current, through, snapshot) = {
+            let ix = shared.read_index();
+            if from < ix.compacted {
+                return Ok(crate::watch::HistoryRead::Compacted(ix.compacted));
+            }
+            let current = ix.current;
+            let from = from.max(1);
+            let to = current.min(from.saturating_add(max.max(1) - 1));
+            if to < from {
+                return Ok(crate::watch::HistoryRead::Batch {
+                    revisions: Vec::new(),
+                    through: from - 1,
+                    current,
+                });
+            }
+            let snapshot = shared
+                .read_db()
+                .begin_read()
+                .map_err(engine_err("begin read"))?;
+            let mut found = Vec::new();
+            {
+                let table = snapshot
+                    .open_table(RECORDS)
+                    .map_err(engine_err("open records"))?;
+                let lo = Rev::new(from, 0).to_key();
+                let hi = Rev::new(to + 1, 0).to_key();
+                for item in table
+                    .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+                    .map_err(engine_err("scan records"))?
+                {
+                    let (k, v) = item.map_err(engine_err("scan records"))?;
+                    let rev = Rev::from_key(k.value())?;
+                    let rec = Record::decode(rev, v.value())?;
+                    let rkey = rec.key();
+                    if !in_range(rkey) {
+                        continue;
+                    }
+                    let put = match rec {
+                        Record::Put {
+                            create_revision,
+                            version,
+                            lease,
+                            sealed,
+                            ..
+                        } => Some((create_revision, version, lease, sealed.to_vec())),
+                        Record::Tombstone { .. } => None,
+                    };
+                    let is_create = matches!(put, Some((c, _, _, _)) if c == rev.main);
+                    let prev = if is_create {
+                        None
+                    } else {
+                        ix.get(rkey, rev.main - 1)
+                    };
+                    found.push(Found {
+                        rev,
+                        key: rkey.to_vec(),
+                        put,
+                        prev,
+                    });
+                }
+            }
+            (found, current, to, snapshot)
+        };
+        let table = snapshot
+            .open_table(RECORDS)
+            .map_err(engine_err("open records"))?;
+        let mut revisions: Vec<CommittedRevision> = Vec::new();
+        for f in found {
+            let prev_kv = match f.prev {
+                Some(e) => Some(KeyValue {
+                    key: f.key.clone(),
+                    create_revision: e.create,
+                    mod_revision: e.rev.main,
+                    version: e.version,
+                    value: writer::load_value(&table, shared, &f.key, e.rev)?,
+                    lease: e.lease,
+                }),
+                None => None,
+            };
+            let event = match f.put {
+                Some((create_revision, version, lease, sealed)) => {
+                    let value = shared.sealer.open(&f.key, &sealed).map_err(|reason| {
+                        Error::Open {
+                            key: String::from_utf8_lossy(&f.key).into_owned(),
+                            reason,
+                        }
+                    })?;
+                    Event {
+                        r#type: EventType::Put as i32,
+                        kv: Some(KeyValue {
+                            key: f.key,
+                            create_revision,
+                            mod_revision: f.rev.main,
+                            version,
+                            value,
+                            lease,
+                        }),
+                        prev_kv,
+                    }
+                }
+                None => Event {
+                    r#type: EventType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: f.key,
+                        mod_revision: f.rev.main,
+                        ..Default::default()
+                    }),
+                    prev_kv,
+                },
+            };
+            match revisions.last_mut() {
+                Some(r) if r.revision == f.rev.main => r.events.push(event),
+                _ => revisions.push(CommittedRevision {
+                    revision: f.rev.main,
+                    events: vec![event],
+                }),
+            }
+        }
+        Ok(crate::watch::HistoryRead::Batch {
+            revisions,
+            through,
+            current,
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! # coffer-store: the MVCC keyspace behind `coffer serve`
 //!
-//! Revisions, the key index, compaction, group commit, and (later) leases and the watch hub.
+//! Revisions, the key index, compaction, group commit, the watch hub ([`watch`]) and (later)
+//! leases.
 //! Values are sealed through a [`Sealer`] before they reach the engine and opened after.
 //! [`backend::Backend`] is the one interface the server talks to; the embedded engine
 //! ([`EmbeddedStore`], on redb) implements it now and the etcd gateway will later.
@@ -23,10 +24,12 @@ pub mod index;
 pub mod range;
 pub mod record;
 pub mod sealer;
+pub mod watch;
 pub mod writer;
 
 pub use backend::{Backend, StoreStatus};
 pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_QUOTA_BYTES};
 pub use error::Error;
 pub use sealer::Sealer;
+pub use watch::{History, HistoryRead, Notice, WatchHub, WatchSpec, WatchStream};
 pub use writer::{CommitListener, CommittedRevision};

@@ -31,6 +31,7 @@ use crate::embedded::{engine_err, header, put_meta_i64, Shared, META, RECORDS};
 use crate::index::{Entry, Index, Mutation};
 use crate::range::{self, Candidate, Collect};
 use crate::record::{Record, Rev};
+use crate::watch::WatchHub;
 use crate::{Error, StoreStatus};
 
 /// Requests the writer serves at most per group.
@@ -245,6 +246,7 @@ struct CompactionWork {
 /// The writer thread's state.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
+    hub: Arc<WatchHub>,
     rx: Receiver<Command>,
     compaction: CompactionWork,
 }
@@ -255,6 +257,7 @@ impl Writer {
         shared: Arc<Shared>,
         rx: Receiver<Command>,
         resume: Option<(i64, Vec<Rev>)>,
+        hub: Arc<WatchHub>,
     ) -> Self {
         let (target, queue, unfinished) = match resume {
             Some((t, q)) => (t, q.into(), true),
@@ -262,6 +265,7 @@ impl Writer {
         };
         Writer {
             shared,
+            hub,
             rx,
             compaction: CompactionWork {
                 queue,
@@ -391,6 +395,8 @@ impl Writer {
             }
         };
 
+        // Decided once per group: a watcher created meanwhile catches up from history.
+        let want_events = shared.listener.is_some() || self.hub.active();
         let outcome = {
             let base = shared.read_index();
             let mut table = match wtxn.open_table(RECORDS) {
@@ -421,6 +427,7 @@ impl Writer {
                 physical_waiters: Vec::new(),
                 poisoned: None,
                 db_size: shared.db_size.load(AtomicOrdering::Relaxed),
+                want_events,
             };
             while let Some(cmd) = pending.front() {
                 if !cmd.is_write() || g.answers.len() >= MAX_GROUP {
@@ -523,6 +530,7 @@ impl Writer {
                 if let (Some(l), false) = (&shared.listener, events.is_empty()) {
                     l.committed(&events);
                 }
+                self.hub.committed(want_events.then_some(events), cur);
                 for a in answers {
                     a.send();
                 }
@@ -591,6 +599,8 @@ struct Group<'a, 't> {
     /// Set when the engine transaction can no longer be trusted.
     poisoned: Option<String>,
     db_size: i64,
+    /// Collect events for the watch hub and the listener.
+    want_events: bool,
 }
 
 impl Group<'_, '_> {
@@ -680,7 +690,7 @@ impl Group<'_, '_> {
         if !rs.wrote() {
             return Ok(());
         }
-        let want_events = self.shared.listener.is_some();
+        let want_events = self.want_events;
         let mut events = Vec::new();
         let mut buf = Vec::new();
         for w in rs.writes {

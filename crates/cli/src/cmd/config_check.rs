@@ -21,7 +21,9 @@ pub enum Output {
 /// Flags of `coffer config check`.
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "[offline] Validate an EncryptionConfiguration (the file given to kube-apiserver's \
+    after_help = "Examples:\n  coffer config check /etc/kubernetes/enc.yaml\n  coffer config check enc.yaml --output json | jq .report.warnings",
+    after_long_help = concat!(
+        "[offline] Validate an EncryptionConfiguration (the file given to kube-apiserver's \
 --encryption-provider-config, YAML or JSON) exactly as kube-apiserver 1.31+ does: strict \
 decoding (unknown or duplicated fields are errors), every validation rule with the same paths \
 and messages, and the check that no resource is masked by an earlier wildcard rule. Coffer also \
@@ -31,7 +33,9 @@ and the providers that can read (in the order tried), then warnings: plaintext w
 keys kept in the file, the aesgcm nonce limit, deprecated KMS v1, resource names that match \
 nothing, duplicate key names, kube-bench CIS 1.2.28. Key material is never printed.\n\n\
 Exit status: 0 valid (even with warnings), 1 invalid (every error on stderr), 2 usage error.",
-    after_help = "Examples:\n  coffer config check /etc/kubernetes/enc.yaml\n  coffer config check enc.yaml --output json | jq .report.warnings"
+        "\n\n",
+        "Examples:\n  coffer config check /etc/kubernetes/enc.yaml\n  coffer config check enc.yaml --output json | jq .report.warnings"
+    )
 )]
 pub struct Args {
     /// The EncryptionConfiguration file (YAML or JSON).
@@ -131,18 +135,30 @@ fn render_text(file: &str, report: &Report) -> String {
         if n == 1 { "rule" } else { "rules" }
     );
     for rule in &report.rules {
-        s += &format!("\nresources[{}]: {}\n", rule.index, rule.resources.join(", "));
+        s += &format!(
+            "\nresources[{}]: {}\n",
+            rule.index,
+            rule.resources.join(", ")
+        );
         if !rule.etcd_keys.is_empty() {
             s += &format!("  etcd keys: {}\n", rule.etcd_keys.join(", "));
         }
         s += &format!("  writes:    {}\n", rule.write.describe());
         for (k, p) in rule.read.iter().enumerate() {
-            let label = if k == 0 { "  reads:    " } else { "           " };
+            let label = if k == 0 {
+                "  reads:    "
+            } else {
+                "            "
+            };
             s += &format!("{label} {}. {}\n", k + 1, p.describe());
         }
     }
     for m in &report.merged {
-        let entries: Vec<String> = m.entries.iter().map(|e| format!("resources[{e}]")).collect();
+        let entries: Vec<String> = m
+            .entries
+            .iter()
+            .map(|e| format!("resources[{e}]"))
+            .collect();
         s += &format!(
             "\n{} is listed in {}: their providers are concatenated\n  writes:    {}\n",
             m.resource,
@@ -150,7 +166,11 @@ fn render_text(file: &str, report: &Report) -> String {
             m.write.describe()
         );
         for (k, p) in m.read.iter().enumerate() {
-            let label = if k == 0 { "  reads:    " } else { "           " };
+            let label = if k == 0 {
+                "  reads:    "
+            } else {
+                "            "
+            };
             s += &format!("{label} {}. {}\n", k + 1, p.describe());
         }
     }

@@ -35,7 +35,9 @@ impl Provider {
 /// Flags of `coffer keygen`.
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "[offline] Generate a fresh key from the operating system's CSPRNG and print it as a \
+    after_help = "Examples:\n  coffer keygen\n  coffer keygen --provider secretbox --name sb-2026\n  coffer keygen --raw > key.b64",
+    after_long_help = concat!(
+        "[offline] Generate a fresh key from the operating system's CSPRNG and print it as a \
 provider element for an EncryptionConfiguration, ready to paste under `providers:`.\n\n\
 The default is aesgcm with a 32-byte key: it is authenticated (a tampered value, or a value \
 copied under another etcd key, fails to decrypt, unlike aescbc), fast on every CPU with AES \
@@ -45,7 +47,9 @@ CIS 1.2.28 check). Keys in the file sit beside the data: for production prefer a
 (`coffer kms-plugin`).\n\n\
 To rotate: put the new key first in the provider's `keys` list (it writes), keep the old key \
 after it (it still reads), restart every kube-apiserver, rewrite all objects, then drop the old key.",
-    after_help = "Examples:\n  coffer keygen\n  coffer keygen --provider secretbox --name sb-2026\n  coffer keygen --raw > key.b64"
+        "\n\n",
+        "Examples:\n  coffer keygen\n  coffer keygen --provider secretbox --name sb-2026\n  coffer keygen --raw > key.b64"
+    )
 )]
 pub struct Args {
     /// Provider the key is for.
@@ -88,7 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let mut bytes = vec![0u8; args.size];
-    getrandom::getrandom(&mut bytes).context("reading the operating system's random generator")?;
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("reading the operating system's random generator: {e}"))?;
     let key = SecretBytes::new(bytes);
     let mut text = vec![0u8; base64::encoded_len(key.len(), true).unwrap_or(0)];
     let written = base64::engine::general_purpose::STANDARD
@@ -147,7 +152,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// The name as a YAML scalar: plain when that is unambiguous, else a JSON (= YAML) quoted string.
 fn yaml_string(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
         && s.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
         && !matches!(
             s.to_ascii_lowercase().as_str(),

@@ -81,7 +81,12 @@ pub struct Args {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = coffer_server::config::DEFAULT_MAX_TXN_OPS)]
     pub max_txn_ops: usize,
     /// Backend quota in bytes: 0 = 2 GiB (etcd's default), negative = none.
-    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub quota_backend_bytes: i64,
     /// kube-apiserver's EncryptionConfiguration (YAML or JSON); keys no rule covers still use
     /// the default key.
@@ -120,6 +125,7 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         .with_context(|| format!("--log-level {level:?} is not a level or filter"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -230,7 +236,10 @@ fn default_key_path(name: &str) -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(xdg).join("coffer").join(file));
     }
     if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(home).join(".config").join("coffer").join(file));
+        return Ok(PathBuf::from(home)
+            .join(".config")
+            .join("coffer")
+            .join(file));
     }
     bail!("neither XDG_CONFIG_HOME nor HOME is set: pass --default-key-file")
 }
@@ -282,7 +291,8 @@ fn read_record(data_dir: &Path) -> anyhow::Result<Option<Recorded>> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut lines = text.lines();
-    let (Some(FINGERPRINT_HEADER), Some(fp), Some(file)) = (lines.next(), lines.next(), lines.next())
+    let (Some(FINGERPRINT_HEADER), Some(fp), Some(file)) =
+        (lines.next(), lines.next(), lines.next())
     else {
         bail!(
             "{} is malformed (expected a {FINGERPRINT_HEADER:?} record)",

@@ -73,7 +73,16 @@ impl ConfigError {
     /// Each individual problem as one line (for a CLI listing them one per line).
     pub fn lines(&self) -> Vec<String> {
         match self {
-            ConfigError::Decode { errors, .. } => errors.iter().map(|e| e.to_string()).collect(),
+            ConfigError::Decode { errors, .. } => errors
+                .iter()
+                .map(|e| {
+                    if e.is_strict() {
+                        format!("strict decoding error: {e}")
+                    } else {
+                        e.to_string()
+                    }
+                })
+                .collect(),
             ConfigError::Invalid { errors } => errors.iter().map(|e| e.to_string()).collect(),
             ConfigError::Build { errors } => errors.iter().map(|e| e.to_string()).collect(),
             other => vec![other.to_string()],

@@ -27,7 +27,7 @@ fn value(c: u8) -> Option<u8> {
 pub fn decode_std(text: &str) -> Result<SecretBytes, InvalidBase64> {
     let clean: Zeroizing<Vec<u8>> =
         Zeroizing::new(text.bytes().filter(|&b| b != b'\r' && b != b'\n').collect());
-    if clean.len() % 4 != 0 {
+    if !clean.len().is_multiple_of(4) {
         return Err(InvalidBase64);
     }
     let mut out = Vec::with_capacity(clean.len() / 4 * 3);

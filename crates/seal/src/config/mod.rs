@@ -17,7 +17,7 @@
 //!   - resources: ["secrets"]
 //!     providers:
 //!       - aesgcm:
-//!           keys: [{name: key1, secret: c2VjcmV0IGlzIHNlY3VyZSwgc2VjcmV0IGlzIHNlYw==}]
+//!           keys: [{name: key1, secret: AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=}]
 //!       - identity: {}
 //! "#;
 //! let config = parse(yaml, "example.yaml").unwrap();
@@ -49,8 +49,8 @@ pub use model::{
     ProviderConfiguration, ResourceConfiguration,
 };
 pub use parse::{
-    load, parse, API_VERSION, DEFAULT_KMS_CACHE_SIZE, DEFAULT_KMS_TIMEOUT_NANOS, KIND,
-    LEGACY_API_VERSION, LEGACY_KIND,
+    load, parse, parse_with_reload, API_VERSION, DEFAULT_KMS_CACHE_SIZE, DEFAULT_KMS_TIMEOUT_NANOS,
+    KIND, LEGACY_API_VERSION, LEGACY_KIND,
 };
 pub use report::{check, MergedResource, ProviderSummary, Report, RuleReport, Warning};
 pub use resources::{

@@ -128,6 +128,13 @@ impl<'de> Deserialize<'de> for Node {
 /// Reads a document from YAML, or from JSON when it looks like JSON (JSON is YAML, but a JSON
 /// parser gives better positions and accepts tabs). Error texts carry positions, not content.
 pub(crate) fn read_document(bytes: &[u8]) -> Result<Node, String> {
+    // The parsers stop at 128 levels, but the YAML scanner can take quadratic time on deep
+    // flow nesting before it gets there; no configuration needs more than a handful of levels.
+    if flow_depth_exceeds(bytes, MAX_FLOW_DEPTH) {
+        return Err(format!(
+            "nesting deeper than {MAX_FLOW_DEPTH} levels of [ ] or {{ }}"
+        ));
+    }
     let looks_like_json = bytes
         .iter()
         .find(|b| !b.is_ascii_whitespace())
@@ -142,4 +149,25 @@ pub(crate) fn read_document(bytes: &[u8]) -> Result<Node, String> {
         }
     }
     serde_yaml_ng::from_slice::<Node>(bytes).map_err(|e| format!("invalid YAML: {e}"))
+}
+
+/// Deepest `[`/`{` nesting accepted (brackets inside strings count too; real configurations
+/// stay below 10).
+const MAX_FLOW_DEPTH: usize = 64;
+
+fn flow_depth_exceeds(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    for &b in bytes {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }

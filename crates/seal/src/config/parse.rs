@@ -47,13 +47,23 @@ pub fn load(path: &Path) -> Result<EncryptionConfiguration, ConfigError> {
 
 /// Decodes, validates and builds a configuration from bytes; `source` names them in errors.
 pub fn parse(bytes: &[u8], source: &str) -> Result<EncryptionConfiguration, ConfigError> {
+    parse_with_reload(bytes, source, false)
+}
+
+/// [`parse`] with kube-apiserver's reload semantics when `reload` is true
+/// (`--encryption-provider-config-automatic-reload`): KMS v1 names must then be unique too.
+pub fn parse_with_reload(
+    bytes: &[u8],
+    source: &str,
+    reload: bool,
+) -> Result<EncryptionConfiguration, ConfigError> {
     let raw = decode(bytes, source)?;
     let Some(raw) = raw else {
         return Err(ConfigError::Invalid {
             errors: vec![validate::nil_config()],
         });
     };
-    let errors = validate::validate(&raw);
+    let errors = validate::validate_with_reload(&raw, reload);
     if !errors.is_empty() {
         return Err(ConfigError::Invalid { errors });
     }

@@ -21,12 +21,6 @@ pub(crate) fn nil_config() -> FieldError {
     FieldError::required("resources", "EncryptionConfiguration can't be nil")
 }
 
-/// Validates a decoded (and defaulted) configuration. Reload mode is off, as at a plain
-/// start-up; see [`validate_with_reload`].
-pub(crate) fn validate(c: &RawConfig) -> Vec<FieldError> {
-    validate_with_reload(c, false)
-}
-
 /// Validation as kube-apiserver runs it; `reload` is `--encryption-provider-config-automatic-reload`
 /// (it makes KMS v1 names subject to the uniqueness rule too).
 pub(crate) fn validate_with_reload(c: &RawConfig, reload: bool) -> Vec<FieldError> {

@@ -60,9 +60,11 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::FailedPrecondition,
             "etcdserver: can only promote a learner member",
         ),
-        ServerError::BadLeaderTransferee => {
-            (15, Code::FailedPrecondition, "etcdserver: bad leader transferee")
-        }
+        ServerError::BadLeaderTransferee => (
+            15,
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee",
+        ),
         ServerError::WrongDowngradeVersionFormat => (
             16,
             Code::InvalidArgument,
@@ -145,8 +147,16 @@ fn every_store_error_maps_to_the_right_etcd_error() {
     use coffer_store::Error as E;
     let secret_value = "sensitive-plaintext";
     let cases: Vec<(E, Code, &str)> = vec![
-        (E::KeyNotFound, Code::InvalidArgument, "etcdserver: key not found"),
-        (E::LeaseNotFound, Code::NotFound, "etcdserver: requested lease not found"),
+        (
+            E::KeyNotFound,
+            Code::InvalidArgument,
+            "etcdserver: key not found",
+        ),
+        (
+            E::LeaseNotFound,
+            Code::NotFound,
+            "etcdserver: requested lease not found",
+        ),
         (
             E::Compacted,
             Code::OutOfRange,

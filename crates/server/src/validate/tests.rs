@@ -2,8 +2,8 @@
 //! which has its own test; here we check which error each request gets).
 
 use coffer_proto::{
-    compare, request_op::Request, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    compare, request_op::Request, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
 
 use super::*;
@@ -289,10 +289,19 @@ fn duplicate_puts_in_one_list() {
 fn put_inside_a_delete_of_the_same_list() {
     let dup = |e: &ServerError| matches!(e, ServerError::DuplicateKey);
     // Point delete, either order.
-    assert!(is(check(&txn(vec![del_op("a", b""), put_op("a")], vec![])), dup));
-    assert!(is(check(&txn(vec![put_op("a"), del_op("a", b"")], vec![])), dup));
+    assert!(is(
+        check(&txn(vec![del_op("a", b""), put_op("a")], vec![])),
+        dup
+    ));
+    assert!(is(
+        check(&txn(vec![put_op("a"), del_op("a", b"")], vec![])),
+        dup
+    ));
     // Interval [a, c) covers b but not c.
-    assert!(is(check(&txn(vec![del_op("a", b"c"), put_op("b")], vec![])), dup));
+    assert!(is(
+        check(&txn(vec![del_op("a", b"c"), put_op("b")], vec![])),
+        dup
+    ));
     assert!(check(&txn(vec![del_op("a", b"c"), put_op("c")], vec![])).is_ok());
     // A delete in failure does not conflict with a put in success.
     assert!(check(&txn(vec![put_op("a")], vec![del_op("a", b"")])).is_ok());
@@ -319,11 +328,17 @@ fn nested_puts_against_outer_and_sibling_ops() {
     let dup = |e: &ServerError| matches!(e, ServerError::DuplicateKey);
     // Nested put vs. an outer put, either order.
     assert!(is(
-        check(&txn(vec![txn_op(vec![put_op("a")], vec![]), put_op("a")], vec![])),
+        check(&txn(
+            vec![txn_op(vec![put_op("a")], vec![]), put_op("a")],
+            vec![]
+        )),
         dup
     ));
     assert!(is(
-        check(&txn(vec![put_op("a"), txn_op(vec![put_op("a")], vec![])], vec![])),
+        check(&txn(
+            vec![put_op("a"), txn_op(vec![put_op("a")], vec![])],
+            vec![]
+        )),
         dup
     ));
     // Nested put vs. an outer delete, either order.
@@ -353,7 +368,11 @@ fn nested_puts_against_outer_and_sibling_ops() {
         dup
     ));
     // The same key in a nested txn's success and failure is fine.
-    assert!(check(&txn(vec![txn_op(vec![put_op("a")], vec![put_op("a")])], vec![])).is_ok());
+    assert!(check(&txn(
+        vec![txn_op(vec![put_op("a")], vec![put_op("a")])],
+        vec![]
+    ))
+    .is_ok());
 }
 
 #[test]
@@ -395,7 +414,10 @@ fn nested_deletes_and_ordering_exceptions() {
     ));
     // Deletes from nested txns (even two levels down) conflict with this level's puts.
     let deep_delete = txn_op(vec![txn_op(vec![del_op("a", b"b")], vec![])], vec![]);
-    assert!(is(check(&txn(vec![deep_delete.clone(), put_op("a")], vec![])), dup));
+    assert!(is(
+        check(&txn(vec![deep_delete.clone(), put_op("a")], vec![])),
+        dup
+    ));
     assert!(is(check(&txn(vec![put_op("a"), deep_delete], vec![])), dup));
     // The outer failure list is checked on its own.
     assert!(is(
@@ -409,7 +431,10 @@ fn nested_deletes_and_ordering_exceptions() {
 
 #[test]
 fn read_only_and_put_detection() {
-    let ro = txn(vec![range_op("a"), txn_op(vec![range_op("b")], vec![])], vec![range_op("c")]);
+    let ro = txn(
+        vec![range_op("a"), txn_op(vec![range_op("b")], vec![])],
+        vec![range_op("c")],
+    );
     assert!(txn_is_read_only(&ro));
     assert!(!txn_has_put(&ro));
     let del = txn(vec![range_op("a")], vec![del_op("a", b"")]);

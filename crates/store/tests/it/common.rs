@@ -4,8 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use coffer_proto::{
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
 };
 use coffer_store::{Backend, EmbeddedStore, Sealer, StoreOptions};
 

@@ -21,11 +21,24 @@ async fn compact_errors_and_reads_around_it() {
     put(&s, "b", "1").await; // 4
     del(&s, "b", "").await; // 5
     put(&s, "a", "3").await; // 6
-    assert!(matches!(s.compact(compact(7, false)).await, Err(Error::FutureRev)));
+    assert!(matches!(
+        s.compact(compact(7, false)).await,
+        Err(Error::FutureRev)
+    ));
     let r = s.compact(compact(5, false)).await.unwrap();
-    assert_eq!(rev_of(&r.header), 6, "compaction does not create a revision");
-    assert!(matches!(s.compact(compact(5, false)).await, Err(Error::Compacted)));
-    assert!(matches!(s.compact(compact(3, true)).await, Err(Error::Compacted)));
+    assert_eq!(
+        rev_of(&r.header),
+        6,
+        "compaction does not create a revision"
+    );
+    assert!(matches!(
+        s.compact(compact(5, false)).await,
+        Err(Error::Compacted)
+    ));
+    assert!(matches!(
+        s.compact(compact(3, true)).await,
+        Err(Error::Compacted)
+    ));
     let mut at = rr("a", "\0");
     at.revision = 4;
     assert!(matches!(s.range(at.clone()).await, Err(Error::Compacted)));
@@ -39,7 +52,10 @@ async fn compact_errors_and_reads_around_it() {
     let st = s.status().await.unwrap();
     assert_eq!((st.revision, st.compact_revision), (6, 6));
     let kv = get(&s, rr("a", "")).await.kvs[0].clone();
-    assert_eq!((kv.value.as_slice(), kv.version, kv.create_revision), (&b"3"[..], 3, 2));
+    assert_eq!(
+        (kv.value.as_slice(), kv.version, kv.create_revision),
+        (&b"3"[..], 3, 2)
+    );
 }
 
 #[tokio::test]
@@ -60,7 +76,10 @@ async fn compaction_survives_restart_and_revision_never_goes_back() {
     let mut old = rr("k1", "");
     old.revision = 51;
     assert!(matches!(s.range(old).await, Err(Error::Compacted)));
-    assert!(matches!(s.compact(compact(40, false)).await, Err(Error::Compacted)));
+    assert!(matches!(
+        s.compact(compact(40, false)).await,
+        Err(Error::Compacted)
+    ));
     let r = get(&s, rr("k", "l")).await;
     assert_eq!(keys(&r), vec!["k1", "k2", "k3", "k4"]);
     assert_eq!(r.kvs[0].version, 10);
@@ -87,5 +106,8 @@ async fn logical_compaction_is_finished_in_batches_in_the_background() {
     drop(s);
     let s = open(d.path());
     let r = get(&s, rr("k", "")).await;
-    assert_eq!((r.kvs[0].version, r.kvs[0].value.as_slice()), (41, &b"last"[..]));
+    assert_eq!(
+        (r.kvs[0].version, r.kvs[0].value.as_slice()),
+        (41, &b"last"[..])
+    );
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -20,7 +19,9 @@ async fn concurrent_writers_share_commits() {
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
             for i in 0..per {
-                revs.push(rev_of(&put(&*s, &format!("w{w}/{i}"), "value").await.header));
+                revs.push(rev_of(
+                    &put(&*s, &format!("w{w}/{i}"), "value").await.header,
+                ));
             }
             revs
         }));

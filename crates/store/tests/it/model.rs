@@ -8,7 +8,7 @@ use coffer_proto::{
     mvccpb::KeyValue,
     request_op::Request,
     response_op::Response,
-    Compare, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
 };
 use coffer_store::{Backend, EmbeddedStore, Error};
@@ -158,9 +158,21 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!(r.prev_kvs, prev);
                 assert_eq!(rev_of(&r.header), m.rev());
             }
-            Op::Range { key: k, end, back, limit, sort, keys_only, count_only } => {
+            Op::Range {
+                key: k,
+                end,
+                back,
+                limit,
+                sort,
+                keys_only,
+                count_only,
+            } => {
                 let end = end_of(end);
-                let at = if back == 0 { 0 } else { (m.rev() - back).max(1) };
+                let at = if back == 0 {
+                    0
+                } else {
+                    (m.rev() - back).max(1)
+                };
                 let req = RangeRequest {
                     key: key(k),
                     range_end: end.clone(),
@@ -205,7 +217,10 @@ async fn run(ops: Vec<Op>) {
                 assert_eq!(rev_of(&got.header), m.rev());
             }
             Op::Txn(a, v, b, w) => {
-                let cond = m.cur().get(&key(a)).is_some_and(|kv| kv.value == vec![v; 3]);
+                let cond = m
+                    .cur()
+                    .get(&key(a))
+                    .is_some_and(|kv| kv.value == vec![v; 3]);
                 let t = TxnRequest {
                     compare: vec![Compare {
                         result: CompareResult::Equal as i32,

@@ -21,7 +21,12 @@ async fn data_and_revision_survive_reopen() {
     assert_eq!(s.current_revision(), 5);
     let kv = get(&s, rr("a", "")).await.kvs[0].clone();
     assert_eq!(
-        (kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version),
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
         (&b"3"[..], 2, 4, 2)
     );
     let mut old = rr("b", "");

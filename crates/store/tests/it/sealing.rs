@@ -26,7 +26,12 @@ async fn write_markers_and_check(s: coffer_store::EmbeddedStore, dir: &Path) {
     {
         let s = s;
         for i in 0..20 {
-            put(&s, &format!("/registry/secrets/s{i}"), &format!("{MARKER}-{i}")).await;
+            put(
+                &s,
+                &format!("/registry/secrets/s{i}"),
+                &format!("{MARKER}-{i}"),
+            )
+            .await;
         }
         // ignore_value rewrites and txn puts are sealed too
         s.put(coffer_proto::PutRequest {

@@ -38,7 +38,12 @@ async fn put_assigns_revisions_versions_and_prev_kv() {
     assert_eq!(rev_of(&p.header), 3);
     let prev = p.prev_kv.unwrap();
     assert_eq!(
-        (prev.value.as_slice(), prev.create_revision, prev.mod_revision, prev.version),
+        (
+            prev.value.as_slice(),
+            prev.create_revision,
+            prev.mod_revision,
+            prev.version
+        ),
         (&b"1"[..], 2, 2, 1)
     );
     // Same value again still writes a revision.
@@ -46,7 +51,13 @@ async fn put_assigns_revisions_versions_and_prev_kv() {
     let r = get(&s, rr("a", "")).await;
     let kv = &r.kvs[0];
     assert_eq!(
-        (kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+            kv.lease
+        ),
         (&b"2"[..], 2, 4, 3, 0)
     );
     assert_eq!(rev_of(&r.header), 4);
@@ -113,51 +124,72 @@ async fn range_sort_limit_and_the_quirk() {
         r
     };
     // The quirk: VALUE target, no order, limit 1 sorts only the first 2 keys.
-    let r = get(&s, q(&|r| {
-        r.sort_target = 4;
-        r.limit = 1;
-    }))
+    let r = get(
+        &s,
+        q(&|r| {
+            r.sort_target = 4;
+            r.limit = 1;
+        }),
+    )
     .await;
-    assert_eq!((keys(&r), r.more, r.count), (vec!["b".to_string()], true, 3));
-    let r = get(&s, q(&|r| {
-        r.sort_target = 4;
-        r.sort_order = 1;
-        r.limit = 1;
-    }))
+    assert_eq!(
+        (keys(&r), r.more, r.count),
+        (vec!["b".to_string()], true, 3)
+    );
+    let r = get(
+        &s,
+        q(&|r| {
+            r.sort_target = 4;
+            r.sort_order = 1;
+            r.limit = 1;
+        }),
+    )
     .await;
     assert_eq!(keys(&r), vec!["c"]);
     // DESCEND alone = reverse key order.
     let r = get(&s, q(&|r| r.sort_order = 2)).await;
     assert_eq!(keys(&r), vec!["c", "b", "a"]);
     // MOD descend, CREATE ascend, VERSION
-    let r = get(&s, q(&|r| {
-        r.sort_target = 3;
-        r.sort_order = 2;
-    }))
+    let r = get(
+        &s,
+        q(&|r| {
+            r.sort_target = 3;
+            r.sort_order = 2;
+        }),
+    )
     .await;
     assert_eq!(keys(&r), vec!["c", "b", "a"]);
     let r = get(&s, q(&|r| r.sort_target = 2)).await;
     assert_eq!(keys(&r), vec!["a", "b", "c"]);
     put(&s, "c", "w").await;
-    let r = get(&s, q(&|r| {
-        r.sort_target = 1;
-        r.sort_order = 2;
-    }))
+    let r = get(
+        &s,
+        q(&|r| {
+            r.sort_target = 1;
+            r.sort_order = 2;
+        }),
+    )
     .await;
     assert_eq!(keys(&r)[0], "c");
     // limit/more without sort
     let r = get(&s, q(&|r| r.limit = 2)).await;
-    assert_eq!((keys(&r), r.more, r.count), (vec!["a".into(), "b".into()], true, 3));
+    assert_eq!(
+        (keys(&r), r.more, r.count),
+        (vec!["a".into(), "b".into()], true, 3)
+    );
     let r = get(&s, q(&|r| r.limit = 3)).await;
     assert!(!r.more);
     // keys_only keeps everything but the value
     let r = get(&s, q(&|r| r.keys_only = true)).await;
     assert!(r.kvs.iter().all(|kv| kv.value.is_empty() && kv.version > 0));
     // count_only + limit: full count, no kvs, no more
-    let r = get(&s, q(&|r| {
-        r.count_only = true;
-        r.limit = 1;
-    }))
+    let r = get(
+        &s,
+        q(&|r| {
+            r.count_only = true;
+            r.limit = 1;
+        }),
+    )
     .await;
     assert_eq!((r.kvs.len(), r.count, r.more), (0, 3, false));
 }
@@ -174,12 +206,18 @@ async fn count_ignores_filters_and_limit() {
     r.max_mod_revision = 4;
     r.limit = 1;
     let resp = get(&s, r).await;
-    assert_eq!((keys(&resp), resp.more, resp.count), (vec!["c".into()], false, 5));
+    assert_eq!(
+        (keys(&resp), resp.more, resp.count),
+        (vec!["c".into()], false, 5)
+    );
     let mut r = rr("a", "\0");
     r.min_create_revision = 3;
     r.limit = 1;
     let resp = get(&s, r).await;
-    assert_eq!((keys(&resp), resp.more, resp.count), (vec!["b".into()], true, 5));
+    assert_eq!(
+        (keys(&resp), resp.more, resp.count),
+        (vec!["b".into()], true, 5)
+    );
     let mut r = rr("a", "\0");
     r.max_create_revision = 3;
     assert_eq!(keys(&get(&s, r).await), vec!["a", "b"]);
@@ -272,7 +310,10 @@ async fn commit_listener_gets_plaintext_events_with_prev_kv() {
     del(&s, "a", "").await;
     del(&s, "a", "").await; // no-op: no event
     let got = l.0.lock().unwrap().clone();
-    assert_eq!(got.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        got.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     let e = &got[1].events[0];
     assert_eq!(e.kv.as_ref().unwrap().value, b"2");
     assert_eq!(e.prev_kv.as_ref().unwrap().value, b"1");

@@ -78,14 +78,38 @@ async fn compare_targets_and_results() {
     put(&s, "k", "ccc").await; // rev 3, version 2, create 2
     assert!(check(&s, cmp("k", T::Version, R::Equal, Some(U::Version(2)))).await);
     assert!(check(&s, cmp("k", T::Version, R::Greater, Some(U::Version(1)))).await);
-    assert!(check(&s, cmp("k", T::Create, R::Equal, Some(U::CreateRevision(2)))).await);
+    assert!(
+        check(
+            &s,
+            cmp("k", T::Create, R::Equal, Some(U::CreateRevision(2)))
+        )
+        .await
+    );
     assert!(check(&s, cmp("k", T::Mod, R::Less, Some(U::ModRevision(4)))).await);
     assert!(check(&s, cmp("k", T::Mod, R::NotEqual, Some(U::ModRevision(2)))).await);
     assert!(check(&s, cmp("k", T::Lease, R::Equal, Some(U::Lease(0)))).await);
     // Plaintext value compares (the stored bytes are sealed).
-    assert!(check(&s, cmp("k", T::Value, R::Equal, Some(U::Value("ccc".into())))).await);
-    assert!(check(&s, cmp("k", T::Value, R::Greater, Some(U::Value("cca".into())))).await);
-    assert!(!check(&s, cmp("k", T::Value, R::Less, Some(U::Value("cca".into())))).await);
+    assert!(
+        check(
+            &s,
+            cmp("k", T::Value, R::Equal, Some(U::Value("ccc".into())))
+        )
+        .await
+    );
+    assert!(
+        check(
+            &s,
+            cmp("k", T::Value, R::Greater, Some(U::Value("cca".into())))
+        )
+        .await
+    );
+    assert!(
+        !check(
+            &s,
+            cmp("k", T::Value, R::Less, Some(U::Value("cca".into())))
+        )
+        .await
+    );
     // A union member of another kind counts as unset (0).
     assert!(check(&s, cmp("k", T::Mod, R::Greater, Some(U::Version(99)))).await);
     assert!(!check(&s, cmp("k", T::Mod, R::Equal, Some(U::Version(3)))).await);
@@ -96,7 +120,13 @@ async fn compare_targets_and_results() {
     // Absent key: zero KeyValue, except VALUE which is always false.
     assert!(check(&s, cmp("nope", T::Mod, R::Equal, Some(U::ModRevision(0)))).await);
     assert!(check(&s, cmp("nope", T::Version, R::Equal, None)).await);
-    assert!(!check(&s, cmp("nope", T::Value, R::NotEqual, Some(U::Value("x".into())))).await);
+    assert!(
+        !check(
+            &s,
+            cmp("nope", T::Value, R::NotEqual, Some(U::Value("x".into())))
+        )
+        .await
+    );
     assert!(!check(&s, cmp("nope", T::Value, R::Equal, None)).await);
     assert_eq!(s.current_revision(), 3, "compare-only txns do not bump");
 }
@@ -127,7 +157,12 @@ async fn kube_style_create_and_update() {
     let d = tempfile::tempdir().unwrap();
     let s = open(d.path());
     let create = TxnRequest {
-        compare: vec![cmp("/registry/pods/p", T::Mod, R::Equal, Some(U::ModRevision(0)))],
+        compare: vec![cmp(
+            "/registry/pods/p",
+            T::Mod,
+            R::Equal,
+            Some(U::ModRevision(0)),
+        )],
         success: vec![op_put("/registry/pods/p", "v1")],
         failure: vec![op_get("/registry/pods/p")],
     };
@@ -136,7 +171,11 @@ async fn kube_style_create_and_update() {
     assert_eq!(rev_of(&t.header), 2);
     let t = s.txn(create).await.unwrap();
     assert!(!t.succeeded);
-    assert_eq!(rev_of(&t.header), 2, "failed branch without writes: no bump");
+    assert_eq!(
+        rev_of(&t.header),
+        2,
+        "failed branch without writes: no bump"
+    );
     match t.responses[0].response.as_ref().unwrap() {
         Response::ResponseRange(r) => assert_eq!(r.kvs[0].value, b"v1"),
         other => panic!("unexpected {other:?}"),

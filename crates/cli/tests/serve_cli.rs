@@ -1,0 +1,266 @@
+//! `coffer serve` as a process: flag errors, the default key printed at start, graceful stop
+//! on SIGTERM, and the refusals that protect existing data (missing or different default key).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+
+/// A running `coffer serve` with its stderr collected in the background.
+struct Serve {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn start(args: &[&str], env: &[(&str, &Path)]) -> Serve {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve");
+        if !args.contains(&"--listen-client-urls") {
+            cmd.args(["--listen-client-urls", "http://127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env_remove("XDG_CONFIG_HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Serve { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` or the process exits.
+    fn wait_for(&mut self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return self.log().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs to completion (for starts that must fail) and returns (exit code, stderr).
+    fn finish(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code(), self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("coffer serve kept running:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
+#[test]
+fn key_file_inside_the_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = data.join("default.key");
+    let s = Serve::start(
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--default-key-file",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (code, log) = s.finish();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("inside --data-dir"), "{log}");
+    assert!(!key.exists(), "no key was created");
+}
+
+#[test]
+fn default_key_is_printed_kept_and_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config_home = dir.path().join("config");
+    let data_arg = data.to_str().unwrap().to_owned();
+
+    // First start: the default key goes to $XDG_CONFIG_HOME/coffer/<name>.key and is printed.
+    let mut s = Serve::start(
+        &["--name", "node1", "--data-dir", &data_arg],
+        &[("XDG_CONFIG_HOME", &config_home)],
+    );
+    assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+    let key = config_home.join("coffer").join("node1.key");
+    let log = s.log();
+    assert!(log.contains(key.to_str().unwrap()), "{log}");
+    assert!(log.contains("KMS"), "production warning: {log}");
+    assert!(key.exists());
+    let (status, took) = s.terminate();
+    assert!(status.success(), "{}", s.log());
+    assert!(took < Duration::from_secs(5), "graceful stop took {took:?}");
+    assert!(s.log().contains("coffer serve stopped"));
+    drop(s);
+
+    // Same key: starts again.
+    let mut s = Serve::start(
+        &["--name", "node1", "--data-dir", &data_arg],
+        &[("XDG_CONFIG_HOME", &config_home)],
+    );
+    assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+    assert!(s.terminate().0.success());
+    drop(s);
+
+    // A missing key file: refused, naming the expected file, and no new key is made.
+    let missing = dir.path().join("elsewhere").join("k.key");
+    let s = Serve::start(
+        &[
+            "--data-dir",
+            &data_arg,
+            "--default-key-file",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (code, log) = s.finish();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("does not exist"), "{log}");
+    assert!(
+        log.contains(key.to_str().unwrap()),
+        "names the expected file: {log}"
+    );
+    assert!(!missing.exists());
+
+    // A different key: refused, naming the expected file.
+    let other_home = dir.path().join("other");
+    let mut o = Serve::start(
+        &["--data-dir", dir.path().join("data2").to_str().unwrap()],
+        &[("XDG_CONFIG_HOME", &other_home)],
+    );
+    assert!(o.wait_for("ready to serve client requests"), "{}", o.log());
+    assert!(o.terminate().0.success());
+    drop(o);
+    let other_key = other_home.join("coffer").join("default.key");
+    let s = Serve::start(
+        &[
+            "--data-dir",
+            &data_arg,
+            "--default-key-file",
+            other_key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (code, log) = s.finish();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("different key"), "{log}");
+    assert!(
+        log.contains(key.to_str().unwrap()),
+        "names the expected file: {log}"
+    );
+}
+
+#[test]
+fn bad_listen_url_and_busy_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    let s = Serve::start(
+        &[
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+            "--default-key-file",
+            key.to_str().unwrap(),
+            "--listen-client-urls",
+            "127.0.0.1:2379",
+        ],
+        &[],
+    );
+    let (code, log) = s.finish();
+    assert_eq!(code, Some(1));
+    assert!(
+        log.contains("127.0.0.1:2379") && log.contains("http://"),
+        "{log}"
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", busy.local_addr().unwrap());
+    let s = Serve::start(
+        &[
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+            "--default-key-file",
+            key.to_str().unwrap(),
+            "--listen-client-urls",
+            &url,
+        ],
+        &[],
+    );
+    let (code, log) = s.finish();
+    assert_eq!(code, Some(1));
+    assert!(log.contains("address already in use"), "{log}");
+}

@@ -1,0 +1,699 @@
+//! The watch hub: delivers committed revisions to watchers, in order, without gaps or
+//! duplicates, and without ever letting a slow watcher stall the writer or grow memory.
+//!
+//! The writer thread feeds the hub every durable group ([`WatchHub::committed`]); each event is
+//! wrapped in an `Arc` once and shared by every watcher it matches. Watchers live on
+//! *streams* (one per gRPC `Watch` call); each stream has one bounded output channel of
+//! [`Notice`]s and one catch-up task.
+//!
+//! A watcher is either *synced* (the writer pushes its events straight into the stream's
+//! channel with `try_send`) or *unsynced* (the stream's catch-up task reads its revisions
+//! from the store's history, a bounded batch at a time, and awaits room in the channel). New
+//! watchers start unsynced. When the channel is full, a synced watcher becomes unsynced at
+//! the revision it missed, so its events come from history later; if that history has been
+//! compacted meanwhile, the watcher is cancelled with `compact_revision` (never skipped,
+//! etcd #17529). Every watcher remembers `next_rev`, the next revision it must deliver, and
+//! a revision below it is never sent again, so no event is duplicated. See `docs/watch.md`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use coffer_proto::mvccpb::{event::EventType, Event};
+use tokio::sync::{mpsc, Notify};
+
+use crate::writer::CommittedRevision;
+use crate::Error;
+
+/// Most revisions one catch-up batch reads from history (etcd's cap too).
+pub const MAX_CATCH_UP_REVISIONS: i64 = 1000;
+/// `cancel_reason` of a create whose range is empty.
+pub const REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// `cancel_reason` of a create whose explicit id is already in use on the stream.
+pub const REASON_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// The history of the keyspace, as the hub needs it to catch watchers up.
+pub trait History: Send + Sync + 'static {
+    /// Events of `[key, range_end)` (etcd's range rules, already normalised) in revisions
+    /// `from ..= from + max - 1` (capped at the current revision), with plaintext values and
+    /// `prev_kv` when the previous version is still in history.
+    fn read(&self, key: &[u8], range_end: &[u8], from: i64, max: i64)
+        -> Result<HistoryRead, Error>;
+}
+
+/// What a history read found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryRead {
+    /// The revisions read; `through` is the last revision covered (events or not), `current`
+    /// the store's revision at the time of the read.
+    Batch {
+        /// Revisions with at least one matching event, in order.
+        revisions: Vec<CommittedRevision>,
+        /// Last revision covered by the read.
+        through: i64,
+        /// Current revision of the store when read.
+        current: i64,
+    },
+    /// `from` is below the compacted revision.
+    Compacted(i64),
+}
+
+/// What a watcher asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchSpec {
+    /// First key (empty is treated as `"\0"`).
+    pub key: Vec<u8>,
+    /// End of the range (etcd's rules: empty = one key, `"\0"` = from key).
+    pub range_end: Vec<u8>,
+    /// First revision to deliver; 0 = after the current revision.
+    pub start_revision: i64,
+    /// Attach `prev_kv` to events.
+    pub prev_kv: bool,
+    /// Drop PUT events.
+    pub no_put: bool,
+    /// Drop DELETE events.
+    pub no_delete: bool,
+    /// Receive periodic progress notifications.
+    pub progress_notify: bool,
+    /// Allow the server to split large responses.
+    pub fragment: bool,
+}
+
+impl WatchSpec {
+    fn matches_key(&self, k: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            k == self.key.as_slice()
+        } else if self.range_end == [0] {
+            k >= self.key.as_slice()
+        } else {
+            k >= self.key.as_slice() && k < self.range_end.as_slice()
+        }
+    }
+
+    fn wants(&self, e: &Event) -> bool {
+        let is_put = e.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return false;
+        }
+        e.kv.as_ref().is_some_and(|kv| self.matches_key(&kv.key))
+    }
+}
+
+/// One message for a stream's client, turned into a `WatchResponse` by the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// `{watch_id, created}` with the header revision at creation.
+    Created {
+        /// The watcher's id.
+        watch_id: i64,
+        /// Current revision at creation.
+        revision: i64,
+    },
+    /// A refused create: `{watch_id=-1, created, canceled, cancel_reason}`.
+    Refused {
+        /// Why.
+        reason: String,
+        /// Current revision.
+        revision: i64,
+    },
+    /// Events of one watcher (one or more whole revisions).
+    Events {
+        /// The watcher's id.
+        watch_id: i64,
+        /// Header revision.
+        revision: i64,
+        /// The events, shared with other watchers.
+        events: Vec<Arc<Event>>,
+        /// Keep `prev_kv` on the events.
+        prev_kv: bool,
+        /// The watcher allows fragmentation.
+        fragment: bool,
+    },
+    /// A progress notification (`watch_id` -1 answers a RequestProgress).
+    Progress {
+        /// The watcher's id, or -1.
+        watch_id: i64,
+        /// Revision every event up to which was delivered.
+        revision: i64,
+    },
+    /// `{watch_id, canceled}`; `compact_revision` set for a compaction cancel, `reason` for
+    /// a failure.
+    Canceled {
+        /// The watcher's id.
+        watch_id: i64,
+        /// Compacted revision, 0 if not a compaction cancel.
+        compact_revision: i64,
+        /// Cancel reason (empty for a client cancel or compaction).
+        reason: String,
+        /// Header revision.
+        revision: i64,
+    },
+}
+
+struct Watcher {
+    stream: u64,
+    watch_id: i64,
+    spec: Arc<WatchSpec>,
+    /// The next revision this watcher must deliver.
+    next_rev: i64,
+    /// Its created response has been queued (events may follow).
+    ready: bool,
+    synced: bool,
+    /// An event or notification went out since the last progress tick.
+    sent_since_tick: bool,
+}
+
+struct StreamSlot {
+    out: mpsc::Sender<Notice>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct HubState {
+    /// Last revision fed to the hub.
+    last: i64,
+    watchers: HashMap<u64, Watcher>,
+    streams: HashMap<u64, StreamSlot>,
+    next_key: u64,
+}
+
+/// The watch hub of one store.
+pub struct WatchHub {
+    state: Mutex<HubState>,
+    watchers: AtomicUsize,
+    history: Arc<dyn History>,
+}
+
+impl std::fmt::Debug for WatchHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchHub")
+            .field("watchers", &self.watchers.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl WatchHub {
+    /// A hub at revision `current` reading catch-up history from `history`.
+    pub fn new(current: i64, history: Arc<dyn History>) -> Arc<WatchHub> {
+        Arc::new(WatchHub {
+            state: Mutex::new(HubState {
+                last: current,
+                ..Default::default()
+            }),
+            watchers: AtomicUsize::new(0),
+            history,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // Every update under the lock is a plain field write; a poisoned state is still valid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any watcher exists (the writer collects events only then).
+    pub fn active(&self) -> bool {
+        self.watchers.load(Ordering::Acquire) > 0
+    }
+
+    /// Number of watchers.
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.load(Ordering::Acquire)
+    }
+
+    /// Last revision the hub was fed.
+    pub fn revision(&self) -> i64 {
+        self.lock().last
+    }
+
+    /// Feeds one durable group. `revisions` is `None` when the writer did not collect events
+    /// (no watcher existed when the group started): watchers that would need those revisions
+    /// then fall back to history. `current` is the store's revision after the group.
+    pub fn committed(&self, revisions: Option<Vec<CommittedRevision>>, current: i64) {
+        let mut st = self.lock();
+        let HubState {
+            last,
+            watchers,
+            streams,
+            ..
+        } = &mut *st;
+        let mut dead = Vec::new();
+        if let Some(revisions) = revisions {
+            for rev in revisions {
+                let events: Vec<Arc<Event>> = rev.events.into_iter().map(Arc::new).collect();
+                for (key, w) in watchers.iter_mut() {
+                    if !w.ready || !w.synced || rev.revision < w.next_rev {
+                        continue;
+                    }
+                    w.next_rev = rev.revision + 1;
+                    let matching: Vec<Arc<Event>> =
+                        events.iter().filter(|e| w.spec.wants(e)).cloned().collect();
+                    if matching.is_empty() {
+                        continue;
+                    }
+                    let Some(slot) = streams.get(&w.stream) else {
+                        continue;
+                    };
+                    let notice = Notice::Events {
+                        watch_id: w.watch_id,
+                        revision: rev.revision,
+                        events: matching,
+                        prev_kv: w.spec.prev_kv,
+                        fragment: w.spec.fragment,
+                    };
+                    match slot.out.try_send(notice) {
+                        Ok(()) => w.sent_since_tick = true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // Slow client: catch up from history, starting at this revision.
+                            tracing::debug!(
+                                watch_id = w.watch_id,
+                                revision = rev.revision,
+                                "watch stream full; watcher falls back to history"
+                            );
+                            w.synced = false;
+                            w.next_rev = rev.revision;
+                            slot.wake.notify_one();
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => dead.push(*key),
+                    }
+                }
+                *last = rev.revision;
+            }
+        }
+        if current > *last {
+            // Revisions without collected events: whoever needs them reads history.
+            for w in watchers.values_mut() {
+                if w.synced && w.next_rev <= current {
+                    w.synced = false;
+                    if let Some(slot) = streams.get(&w.stream) {
+                        slot.wake.notify_one();
+                    }
+                }
+            }
+            *last = current;
+        }
+        for key in dead {
+            watchers.remove(&key);
+        }
+        self.watchers.store(watchers.len(), Ordering::Release);
+    }
+
+    /// Opens a stream with an output channel of `capacity` notices and starts its catch-up
+    /// task (must be called inside a tokio runtime).
+    pub fn open_stream(self: &Arc<Self>, capacity: usize) -> (WatchStream, mpsc::Receiver<Notice>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let wake = Arc::new(Notify::new());
+        let closed = Arc::new(AtomicBool::new(false));
+        let id = {
+            let mut st = self.lock();
+            st.next_key += 1;
+            let id = st.next_key;
+            st.streams.insert(
+                id,
+                StreamSlot {
+                    out: tx.clone(),
+                    wake: Arc::clone(&wake),
+                },
+            );
+            id
+        };
+        tokio::spawn(catch_up_loop(
+            Arc::clone(self),
+            id,
+            Arc::clone(&wake),
+            Arc::clone(&closed),
+            tx.clone(),
+        ));
+        (
+            WatchStream {
+                hub: Arc::clone(self),
+                id,
+                out: tx,
+                wake,
+                closed,
+                next_auto_id: 0,
+                ids: HashMap::new(),
+            },
+            rx,
+        )
+    }
+}
+
+/// One client stream's side of the hub: creates and cancels its watchers, answers progress
+/// requests and ticks. Dropping it removes its watchers.
+pub struct WatchStream {
+    hub: Arc<WatchHub>,
+    id: u64,
+    out: mpsc::Sender<Notice>,
+    wake: Arc<Notify>,
+    closed: Arc<AtomicBool>,
+    next_auto_id: i64,
+    /// watch id → watcher key in the hub.
+    ids: HashMap<i64, u64>,
+}
+
+impl std::fmt::Debug for WatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStream")
+            .field("id", &self.id)
+            .field("watchers", &self.ids.len())
+            .finish()
+    }
+}
+
+impl WatchStream {
+    /// Creates a watcher (`watch_id` 0 = server-assigned) and queues its created response,
+    /// or the refusal. Returns the id, or `None` when refused. Created responses go out in
+    /// call order; a stream whose client is gone returns `None`.
+    pub async fn create(&mut self, mut spec: WatchSpec, watch_id: i64) -> Option<i64> {
+        if spec.key.is_empty() {
+            spec.key = vec![0];
+        }
+        let range_empty = !spec.range_end.is_empty()
+            && spec.range_end != [0]
+            && spec.range_end.as_slice() <= spec.key.as_slice();
+        let duplicate = watch_id != 0 && self.live_id(watch_id);
+        if range_empty || duplicate {
+            let reason = if range_empty {
+                REASON_EMPTY_RANGE
+            } else {
+                REASON_DUPLICATE_ID
+            };
+            let revision = self.hub.revision();
+            let _ = self
+                .out
+                .send(Notice::Refused {
+                    reason: reason.to_owned(),
+                    revision,
+                })
+                .await;
+            return None;
+        }
+        let id = if watch_id != 0 {
+            watch_id
+        } else {
+            while self.live_id(self.next_auto_id) {
+                self.next_auto_id += 1;
+            }
+            let id = self.next_auto_id;
+            self.next_auto_id += 1;
+            id
+        };
+        let spec = Arc::new(spec);
+        let (key, revision) = {
+            let mut st = self.hub.lock();
+            st.next_key += 1;
+            let key = st.next_key;
+            let last = st.last;
+            let next_rev = if spec.start_revision > 0 {
+                spec.start_revision
+            } else {
+                last + 1
+            };
+            st.watchers.insert(
+                key,
+                Watcher {
+                    stream: self.id,
+                    watch_id: id,
+                    spec,
+                    next_rev,
+                    ready: false,
+                    synced: false,
+                    sent_since_tick: false,
+                },
+            );
+            self.hub
+                .watchers
+                .store(st.watchers.len(), Ordering::Release);
+            (key, last)
+        };
+        self.ids.insert(id, key);
+        if self
+            .out
+            .send(Notice::Created {
+                watch_id: id,
+                revision,
+            })
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        if let Some(w) = self.hub.lock().watchers.get_mut(&key) {
+            w.ready = true;
+        }
+        self.wake.notify_one();
+        Some(id)
+    }
+
+    fn live_id(&mut self, watch_id: i64) -> bool {
+        let Some(key) = self.ids.get(&watch_id) else {
+            return false;
+        };
+        if self.hub.lock().watchers.contains_key(key) {
+            return true;
+        }
+        // Removed by the hub (compaction cancel); the id is free again.
+        self.ids.remove(&watch_id);
+        false
+    }
+
+    /// Cancels a watcher: `{watch_id, canceled}` if it existed, nothing otherwise.
+    pub async fn cancel(&mut self, watch_id: i64) {
+        let Some(key) = self.ids.remove(&watch_id) else {
+            return;
+        };
+        let (existed, revision) = {
+            let mut st = self.hub.lock();
+            let existed = st.watchers.remove(&key).is_some();
+            self.hub
+                .watchers
+                .store(st.watchers.len(), Ordering::Release);
+            (existed, st.last)
+        };
+        if existed {
+            let _ = self
+                .out
+                .send(Notice::Canceled {
+                    watch_id,
+                    compact_revision: 0,
+                    reason: String::new(),
+                    revision,
+                })
+                .await;
+        }
+    }
+
+    /// RequestProgress (etcd 3.5.13+): one `{watch_id=-1, revision}` if the stream has
+    /// watchers and every one is synced with no start revision in the future; otherwise
+    /// nothing. Returns whether a notification was queued.
+    pub fn request_progress(&self) -> bool {
+        let st = self.hub.lock();
+        let mut any = false;
+        for w in st.watchers.values().filter(|w| w.stream == self.id) {
+            any = true;
+            if !w.ready || !w.synced || w.spec.start_revision > st.last {
+                return false;
+            }
+        }
+        // Queued under the hub lock, so it follows every event <= last already queued.
+        any && self
+            .out
+            .try_send(Notice::Progress {
+                watch_id: -1,
+                revision: st.last,
+            })
+            .is_ok()
+    }
+
+    /// A periodic tick: a progress notification to every synced watcher with
+    /// `progress_notify` that received nothing since the previous tick (none to a watcher
+    /// whose start revision is still in the future, etcd #20221).
+    pub fn progress_tick(&self) {
+        let mut st = self.hub.lock();
+        let last = st.last;
+        for w in st.watchers.values_mut().filter(|w| w.stream == self.id) {
+            let eligible = w.spec.progress_notify
+                && w.ready
+                && w.synced
+                && w.spec.start_revision <= last
+                && !w.sent_since_tick;
+            w.sent_since_tick = false;
+            if eligible {
+                let _ = self.out.try_send(Notice::Progress {
+                    watch_id: w.watch_id,
+                    revision: last,
+                });
+            }
+        }
+    }
+
+    /// Completes when the client side of the output channel is gone.
+    pub async fn closed(&self) {
+        self.out.closed().await;
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let mut st = self.hub.lock();
+        st.streams.remove(&self.id);
+        let id = self.id;
+        st.watchers.retain(|_, w| w.stream != id);
+        self.hub
+            .watchers
+            .store(st.watchers.len(), Ordering::Release);
+    }
+}
+
+/// A catch-up job: one unsynced watcher's position.
+struct Job {
+    key: u64,
+    watch_id: i64,
+    spec: Arc<WatchSpec>,
+    next_rev: i64,
+}
+
+/// The stream's catch-up task: brings unsynced watchers up to the hub's revision from history.
+async fn catch_up_loop(
+    hub: Arc<WatchHub>,
+    stream: u64,
+    wake: Arc<Notify>,
+    closed: Arc<AtomicBool>,
+    out: mpsc::Sender<Notice>,
+) {
+    loop {
+        wake.notified().await;
+        loop {
+            if closed.load(Ordering::Acquire) {
+                return;
+            }
+            let job = {
+                let mut st = hub.lock();
+                let last = st.last;
+                let mut job = None;
+                for (key, w) in st.watchers.iter_mut() {
+                    if w.stream != stream || !w.ready || w.synced {
+                        continue;
+                    }
+                    if w.next_rev > last {
+                        w.synced = true;
+                        continue;
+                    }
+                    job = Some(Job {
+                        key: *key,
+                        watch_id: w.watch_id,
+                        spec: Arc::clone(&w.spec),
+                        next_rev: w.next_rev,
+                    });
+                    break;
+                }
+                job
+            };
+            let Some(job) = job else { break };
+            if !catch_up_one(&hub, &out, job).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one batch of history for a watcher and queues it. Returns false when the client is
+/// gone.
+async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job) -> bool {
+    let history = Arc::clone(&hub.history);
+    let spec = Arc::clone(&job.spec);
+    let from = job.next_rev;
+    let read = tokio::task::spawn_blocking(move || {
+        history.read(&spec.key, &spec.range_end, from, MAX_CATCH_UP_REVISIONS)
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Engine(format!("history reader failed: {e}"))));
+    let remove = |hub: &WatchHub| {
+        let mut st = hub.lock();
+        st.watchers.remove(&job.key);
+        hub.watchers.store(st.watchers.len(), Ordering::Release);
+        st.last
+    };
+    match read {
+        Ok(HistoryRead::Compacted(at)) => {
+            let revision = remove(hub);
+            tracing::debug!(
+                watch_id = job.watch_id,
+                next = from,
+                compacted = at,
+                "watcher needs compacted history; cancelling"
+            );
+            out.send(Notice::Canceled {
+                watch_id: job.watch_id,
+                compact_revision: at,
+                reason: String::new(),
+                revision,
+            })
+            .await
+            .is_ok()
+        }
+        Err(e) => {
+            let revision = remove(hub);
+            tracing::warn!(watch_id = job.watch_id, error = %e, "watch history read failed; cancelling the watcher");
+            out.send(Notice::Canceled {
+                watch_id: job.watch_id,
+                compact_revision: 0,
+                reason: e.to_string(),
+                revision,
+            })
+            .await
+            .is_ok()
+        }
+        Ok(HistoryRead::Batch {
+            revisions,
+            through,
+            current,
+        }) => {
+            let events: Vec<Arc<Event>> = revisions
+                .into_iter()
+                .flat_map(|r| r.events)
+                .filter(|e| job.spec.wants(e))
+                .map(Arc::new)
+                .collect();
+            let sent = !events.is_empty();
+            if sent {
+                // Still wanted? (cancelled meanwhile → drop the batch).
+                if !hub.lock().watchers.contains_key(&job.key) {
+                    return true;
+                }
+                let notice = Notice::Events {
+                    watch_id: job.watch_id,
+                    revision: current.max(through),
+                    events,
+                    prev_kv: job.spec.prev_kv,
+                    fragment: job.spec.fragment,
+                };
+                if out.send(notice).await.is_err() {
+                    return false;
+                }
+            }
+            if through < from {
+                // Nothing readable yet (cannot happen while the hub trails the index);
+                // back off instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let mut st = hub.lock();
+            let last = st.last;
+            if let Some(w) = st.watchers.get_mut(&job.key) {
+                if w.next_rev == from {
+                    w.next_rev = w.next_rev.max(through + 1);
+                    w.sent_since_tick |= sent;
+                    if w.next_rev > last {
+                        w.synced = true;
+                    }
+                }
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
