@@ -10,7 +10,7 @@
 //!
 //! `cargo build -p coffer && cargo test -p coffer-conformance --test marker`
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::needless_range_loop)]
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

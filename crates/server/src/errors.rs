@@ -41,6 +41,9 @@ pub enum ServerError {
     /// The NOSPACE alarm is active.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A Range `sort_order` or `sort_target` outside its enum.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     /// A lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
@@ -93,6 +96,7 @@ impl ServerError {
             | ServerError::TooManyOps
             | ServerError::DuplicateKey
             | ServerError::RequestTooLarge
+            | ServerError::InvalidSortOption
             | ServerError::MemberBadUrls
             | ServerError::WrongDowngradeVersionFormat
             | ServerError::InvalidDowngradeTargetVersion => Code::InvalidArgument,

@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use coffer_proto::{
-    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    kv_server::Kv, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
 };
 use coffer_store::Backend;
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::errors::ServerError;
 use crate::state::Shared;
@@ -29,6 +30,18 @@ impl<B> KvService<B> {
     /// A KV service answering from `backend`.
     pub fn new(backend: Arc<B>, shared: Arc<Shared>) -> Self {
         KvService { backend, shared }
+    }
+
+    /// Maps a store error of a write; a write over the quota raises the NOSPACE alarm, as
+    /// etcd does, so later writes are refused until an operator disarms it.
+    fn failed(&self, err: coffer_store::Error) -> ServerError {
+        let err = ServerError::from(err);
+        if matches!(err, ServerError::NoSpace) && !self.shared.no_space() {
+            let member_id = self.shared.config.member_id;
+            self.shared.activate(member_id, AlarmType::Nospace);
+            warn!(member_id, "backend quota exceeded: NOSPACE alarm raised");
+        }
+        err
     }
 }
 
@@ -48,7 +61,10 @@ impl<B: Backend> Kv for KvService<B> {
             "range"
         );
         validate::range(&req)?;
+        let sort_check = validate::range_sort_target(&req);
         let mut resp = self.backend.range(req).await.map_err(ServerError::from)?;
+        // etcd finds a bad sort target only after the read (revision errors come first).
+        sort_check?;
         self.shared.stamp(&mut resp.header);
         debug!(kvs = resp.kvs.len(), count = resp.count, "range done");
         Ok(Response::new(resp))
@@ -68,7 +84,7 @@ impl<B: Backend> Kv for KvService<B> {
         if self.shared.no_space() {
             return Err(ServerError::NoSpace.into());
         }
-        let mut resp = self.backend.put(req).await.map_err(ServerError::from)?;
+        let mut resp = self.backend.put(req).await.map_err(|e| self.failed(e))?;
         self.shared.stamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -112,7 +128,7 @@ impl<B: Backend> Kv for KvService<B> {
         if self.shared.no_space() && validate::txn_has_put(&req) {
             return Err(ServerError::NoSpace.into());
         }
-        let mut resp = self.backend.txn(req).await.map_err(ServerError::from)?;
+        let mut resp = self.backend.txn(req).await.map_err(|e| self.failed(e))?;
         self.shared.stamp(&mut resp.header);
         debug!(succeeded = resp.succeeded, "txn done");
         Ok(Response::new(resp))

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use coffer_proto::range_request::SortTarget;
 use coffer_proto::{
     request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
@@ -18,6 +19,17 @@ use crate::errors::ServerError;
 pub fn range(req: &RangeRequest) -> Result<(), ServerError> {
     if req.key.is_empty() {
         return Err(ServerError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// The sort check etcd 3.4/3.5 make when they apply a Range (3.6 moved it into
+/// `checkRangeRequest`): a `sort_target` outside its enum is `invalid sort option`, found
+/// only after the read itself succeeded (a compacted or future revision is reported first).
+/// A `sort_order` outside its enum is not an error: it sorts nothing (observed on 3.4.23).
+pub fn range_sort_target(req: &RangeRequest) -> Result<(), ServerError> {
+    if SortTarget::try_from(req.sort_target).is_err() {
+        return Err(ServerError::InvalidSortOption);
     }
     Ok(())
 }

@@ -158,7 +158,10 @@ fn responses(
                 ..base(watch_id, revision)
             };
             if fragment && resp.events.len() >= 2 && resp.encoded_len() >= fragment_limit {
-                return fragments(resp, fragment_limit).into_iter().map(Ok).collect();
+                return fragments(resp, fragment_limit)
+                    .into_iter()
+                    .map(Ok)
+                    .collect();
             }
             resp
         }

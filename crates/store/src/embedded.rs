@@ -361,7 +361,7 @@ impl EmbeddedStore {
     }
 
     /// The store's watch hub.
-    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+    pub fn hub(&self) -> &Arc<WatchHub> {
         &self.hub
     }
 
@@ -667,12 +667,14 @@ impl crate::watch::History for EmbeddedHistory {
             };
             let event = match f.put {
                 Some((create_revision, version, lease, sealed)) => {
-                    let value = shared.sealer.open(&f.key, &sealed).map_err(|reason| {
-                        Error::Open {
-                            key: String::from_utf8_lossy(&f.key).into_owned(),
-                            reason,
-                        }
-                    })?;
+                    let value =
+                        shared
+                            .sealer
+                            .open(&f.key, &sealed)
+                            .map_err(|reason| Error::Open {
+                                key: String::from_utf8_lossy(&f.key).into_owned(),
+                                reason,
+                            })?;
                     Event {
                         r#type: EventType::Put as i32,
                         kv: Some(KeyValue {

@@ -618,7 +618,7 @@ async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job)
     };
     match read {
         Ok(HistoryRead::Compacted(at)) => {
-            let revision = remove(hub);
+            remove(hub);
             tracing::debug!(
                 watch_id = job.watch_id,
                 next = from,
@@ -629,7 +629,8 @@ async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job)
                 watch_id: job.watch_id,
                 compact_revision: at,
                 reason: String::new(),
-                revision,
+                // etcd sends compaction cancels with header revision 0.
+                revision: 0,
             })
             .await
             .is_ok()

@@ -96,9 +96,12 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::Internal,
             "coffer: the storage engine failed (details in the server log)",
         ),
+        ServerError::InvalidSortOption => {
+            (23, Code::InvalidArgument, "etcdserver: invalid sort option")
+        }
     }
 }
-const VARIANTS: usize = 23;
+const VARIANTS: usize = 24;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -125,6 +128,7 @@ fn all() -> Vec<ServerError> {
         ServerError::Unsealable,
         ServerError::Unsealed,
         ServerError::Engine,
+        ServerError::InvalidSortOption,
     ]
 }
 

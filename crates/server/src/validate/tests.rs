@@ -87,6 +87,37 @@ fn range_needs_a_key() {
 }
 
 #[test]
+fn range_sort_target_must_be_an_enum_value() {
+    let ok = RangeRequest {
+        key: b"a".to_vec(),
+        sort_order: 2,
+        sort_target: 4,
+        ..Default::default()
+    };
+    assert!(range_sort_target(&ok).is_ok());
+    for target in [5, 9, -1] {
+        let bad = RangeRequest {
+            sort_target: target,
+            ..ok.clone()
+        };
+        assert!(
+            matches!(range_sort_target(&bad), Err(ServerError::InvalidSortOption)),
+            "{target}"
+        );
+    }
+    // An unknown sort_order is not an error (etcd 3.4/3.5 just do not sort).
+    for order in [3, -1, 7] {
+        let odd = RangeRequest {
+            sort_order: order,
+            sort_target: 0,
+            ..ok.clone()
+        };
+        assert!(range_sort_target(&odd).is_ok());
+        assert!(range(&odd).is_ok());
+    }
+}
+
+#[test]
 fn delete_needs_a_key() {
     assert!(matches!(
         delete_range(&DeleteRangeRequest::default()),

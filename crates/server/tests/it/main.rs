@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use coffer_proto::{
     alarm_request::AlarmAction, cluster_client::ClusterClient, downgrade_request::DowngradeAction,
-    kv_client::KvClient, maintenance_client::MaintenanceClient, request_op::Request,
-    watch_client::WatchClient, AlarmRequest, AlarmType, CompactionRequest, DeleteRangeRequest,
-    DowngradeRequest, HashKvRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-    MemberRemoveRequest, MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
-    TxnRequest,
+    kv_client::KvClient, maintenance_client::MaintenanceClient, request_op::Request, AlarmRequest,
+    AlarmType, CompactionRequest, DeleteRangeRequest, DowngradeRequest, HashKvRequest,
+    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
+    MoveLeaderRequest, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
 };
 use coffer_seal::{DefaultKey, Keyspace, RandomSource, SecretBytes, SystemRandom};
 use coffer_server::ServerConfig;
@@ -33,6 +32,10 @@ struct Running {
 }
 
 async fn start(max_request_bytes: usize) -> Running {
+    start_with_quota(max_request_bytes, 0).await
+}
+
+async fn start_with_quota(max_request_bytes: usize, quota_backend_bytes: i64) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let rng: Arc<dyn RandomSource> = Arc::new(SystemRandom::new().unwrap());
     let key = DefaultKey::from_secret(SecretBytes::new(vec![7u8; 32])).unwrap();
@@ -42,7 +45,10 @@ async fn start(max_request_bytes: usize) -> Running {
         EmbeddedStore::open(
             &dir.path().join("data"),
             Arc::new(keyspace),
-            StoreOptions::default(),
+            StoreOptions {
+                quota_backend_bytes,
+                ..StoreOptions::default()
+            },
         )
         .unwrap(),
     );
@@ -242,10 +248,10 @@ async fn kv_headers_and_errors_over_the_wire() {
         )
     );
 
-    // Services of later issues answer UNIMPLEMENTED.
-    let mut watch = WatchClient::new(channel(&r).await);
-    let err = watch
-        .watch(tokio_stream::iter(Vec::<coffer_proto::WatchRequest>::new()))
+    // Services of later issues (here Auth) answer UNIMPLEMENTED.
+    let mut auth = coffer_proto::auth_client::AuthClient::new(channel(&r).await);
+    let err = auth
+        .auth_status(coffer_proto::AuthStatusRequest {})
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
@@ -432,6 +438,41 @@ async fn maintenance_and_cluster() {
         .into_inner();
     assert_eq!(got.kvs[0].value, b"1");
 
+    shutdown(r).await;
+}
+
+#[tokio::test]
+async fn quota_exceeded_raises_the_nospace_alarm() {
+    // A quota smaller than the empty file: the first put exceeds it.
+    let r = start_with_quota(1 << 20, 1).await;
+    let ch = channel(&r).await;
+    let mut kv = KvClient::new(ch.clone());
+    let mut m = MaintenanceClient::new(ch);
+    assert_status(
+        kv.put(put("a", b"1")).await.unwrap_err(),
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    let alarms = m
+        .alarm(AlarmRequest {
+            action: AlarmAction::Get as i32,
+            member_id: 0,
+            alarm: AlarmType::None as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert_eq!(alarms.len(), 1);
+    assert_eq!(alarms[0].member_id, r.member_id);
+    assert_eq!(alarms[0].alarm, AlarmType::Nospace as i32);
+    // Deletes and reads still work while the alarm is active.
+    kv.delete_range(DeleteRangeRequest {
+        key: "a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     shutdown(r).await;
 }
 

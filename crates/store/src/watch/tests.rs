@@ -30,7 +30,9 @@ impl Sealer for TestSealer {
 }
 
 fn store(dir: &tempfile::TempDir) -> Arc<EmbeddedStore> {
-    Arc::new(EmbeddedStore::open(dir.path(), Arc::new(TestSealer), StoreOptions::default()).unwrap())
+    Arc::new(
+        EmbeddedStore::open(dir.path(), Arc::new(TestSealer), StoreOptions::default()).unwrap(),
+    )
 }
 
 async fn put(s: &EmbeddedStore, k: &str, v: &str) -> i64 {
@@ -98,7 +100,7 @@ async fn events(
 async fn live_events_in_order_with_prev_kv() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    let hub = Arc::clone(s.watch_hub());
+    let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
     assert_eq!(ws.create(prefix("a", 0), 0).await, Some(0));
     assert_eq!(
@@ -136,10 +138,16 @@ async fn history_catch_up_then_live_without_gap_or_duplicate() {
     for i in 0..10 {
         put(&s, "k", &format!("v{i}")).await; // revs 2..=11
     }
-    let hub = Arc::clone(s.watch_hub());
+    let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
     ws.create(prefix("k", 3), 7).await;
-    assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id: 7, revision: 11 }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Created {
+            watch_id: 7,
+            revision: 11
+        }
+    ));
     // Writes racing with the catch-up.
     for i in 10..15 {
         put(&s, "k", &format!("v{i}")).await; // revs 12..=16
@@ -173,10 +181,13 @@ async fn compacted_start_is_created_then_cancelled() {
     })
     .await
     .unwrap();
-    let hub = Arc::clone(s.watch_hub());
+    let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
     ws.create(prefix("k", 3), 0).await;
-    assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id: 0, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Created { watch_id: 0, .. }
+    ));
     match recv(&mut rx).await {
         Notice::Canceled {
             watch_id,
@@ -190,7 +201,10 @@ async fn compacted_start_is_created_then_cancelled() {
     }
     // Watching from exactly the compacted revision is fine.
     ws.create(prefix("k", 6), 0).await;
-    assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id: 1, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Created { watch_id: 1, .. }
+    ));
     let revs: Vec<i64> = events(&mut rx, 4).await.iter().map(|e| e.0).collect();
     assert_eq!(revs, vec![6, 7, 8, 9]);
 }
@@ -199,7 +213,7 @@ async fn compacted_start_is_created_then_cancelled() {
 async fn slow_watcher_never_stalls_writes_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    let hub = Arc::clone(s.watch_hub());
+    let hub = Arc::clone(s.hub());
     // A channel of 2 notices that nobody reads during the writes.
     let (mut slow, mut slow_rx) = hub.open_stream(2);
     slow.create(prefix("k", 0), 0).await;
@@ -214,7 +228,11 @@ async fn slow_watcher_never_stalls_writes_and_loses_nothing() {
     })
     .await;
     assert!(writes.is_ok(), "writes stalled behind a slow watcher");
-    let fast_revs: Vec<i64> = events(&mut fast_rx, 200).await.iter().map(|e| e.0).collect();
+    let fast_revs: Vec<i64> = events(&mut fast_rx, 200)
+        .await
+        .iter()
+        .map(|e| e.0)
+        .collect();
     assert_eq!(fast_revs, (2..=201).collect::<Vec<_>>());
     assert!(matches!(recv(&mut slow_rx).await, Notice::Created { .. }));
     let slow_events = events(&mut slow_rx, 200).await;
@@ -224,7 +242,11 @@ async fn slow_watcher_never_stalls_writes_and_loses_nothing() {
     for (rev, key, _, prev) in &slow_events {
         let i = rev - 2;
         if i >= 7 {
-            assert_eq!(prev.as_deref(), Some(format!("v{}", i - 7).as_str()), "{key}@{rev}");
+            assert_eq!(
+                prev.as_deref(),
+                Some(format!("v{}", i - 7).as_str()),
+                "{key}@{rev}"
+            );
         } else {
             assert_eq!(prev, &None);
         }
@@ -235,7 +257,7 @@ async fn slow_watcher_never_stalls_writes_and_loses_nothing() {
 async fn slow_watcher_behind_compaction_is_cancelled_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    let hub = Arc::clone(s.watch_hub());
+    let hub = Arc::clone(s.hub());
     let (mut slow, mut slow_rx) = hub.open_stream(1);
     slow.create(prefix("k", 0), 0).await;
     assert!(matches!(recv(&mut slow_rx).await, Notice::Created { .. }));
@@ -254,7 +276,11 @@ async fn slow_watcher_behind_compaction_is_cancelled_not_skipped() {
         match recv(&mut slow_rx).await {
             Notice::Events { events, .. } => {
                 for e in events {
-                    assert_eq!(e.kv.as_ref().unwrap().mod_revision, next, "gap or duplicate");
+                    assert_eq!(
+                        e.kv.as_ref().unwrap().mod_revision,
+                        next,
+                        "gap or duplicate"
+                    );
                     next += 1;
                 }
             }
@@ -279,7 +305,7 @@ async fn slow_watcher_behind_compaction_is_cancelled_not_skipped() {
 async fn ids_ranges_and_progress_rules() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    let hub = Arc::clone(s.watch_hub());
+    let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(64);
     // No watcher: a progress request gets nothing.
     assert!(!ws.request_progress());
@@ -304,9 +330,19 @@ async fn ids_ranges_and_progress_rules() {
     // Cancel 2; unknown ids get no reply; the auto counter moves on to 3.
     ws.cancel(2).await;
     ws.cancel(99).await;
-    assert!(matches!(recv(&mut rx).await, Notice::Canceled { watch_id: 2, compact_revision: 0, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Canceled {
+            watch_id: 2,
+            compact_revision: 0,
+            ..
+        }
+    ));
     assert_eq!(ws.create(prefix("a", 0), 0).await, Some(3));
-    assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id: 3, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Created { watch_id: 3, .. }
+    ));
     // Wait for the catch-up task to mark them synced.
     let mut answered = false;
     for _ in 0..100 {
@@ -317,14 +353,23 @@ async fn ids_ranges_and_progress_rules() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(answered);
-    assert!(matches!(recv(&mut rx).await, Notice::Progress { watch_id: -1, revision: 1 }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Progress {
+            watch_id: -1,
+            revision: 1
+        }
+    ));
     // A watcher with a future start: no progress answer, no periodic notification (#20221).
     let future = WatchSpec {
         progress_notify: true,
         ..prefix("z", 100)
     };
     assert_eq!(ws.create(future, 0).await, Some(4));
-    assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id: 4, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Created { watch_id: 4, .. }
+    ));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!ws.request_progress());
     ws.progress_tick();
@@ -332,14 +377,20 @@ async fn ids_ranges_and_progress_rules() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(rx.try_recv().is_err(), "nothing may be sent");
     ws.cancel(4).await;
-    assert!(matches!(recv(&mut rx).await, Notice::Canceled { watch_id: 4, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Canceled { watch_id: 4, .. }
+    ));
     // A periodic tick reaches a synced progress_notify watcher that got no events.
     let pn = WatchSpec {
         progress_notify: true,
         ..prefix("p", 0)
     };
     assert_eq!(ws.create(pn, 0).await, Some(5));
-    assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id: 5, .. }));
+    assert!(matches!(
+        recv(&mut rx).await,
+        Notice::Created { watch_id: 5, .. }
+    ));
     tokio::time::sleep(Duration::from_millis(50)).await;
     ws.progress_tick();
     assert_eq!(
