@@ -2,7 +2,11 @@
 //! machine) and generates tonic clients and servers for every service.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/etcd/kv.proto", "proto/etcd/auth.proto", "proto/etcd/rpc.proto"];
+    let files = [
+        "proto/etcd/kv.proto",
+        "proto/etcd/auth.proto",
+        "proto/etcd/rpc.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod config;
 pub mod errors;
+mod hash;
 pub mod kv;
 pub mod maintenance;
 pub mod state;

@@ -1,8 +1,7 @@
-//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, MoveLeader, Downgrade.
+//! `etcdserverpb.Maintenance`: Status, Alarm, Defragment, Hash, HashKV, MoveLeader, Downgrade.
 //!
-//! Hash, HashKV and Snapshot answer `UNIMPLEMENTED` until the snapshot issue lands (a
-//! deterministic HashKV needs every plaintext value at a revision; the snapshot stream needs
-//! the snapshot format decision).
+//! Hash and HashKV digest the plaintext keyspace (see `hash`). Snapshot answers
+//! `UNIMPLEMENTED` until the snapshot issue lands (it needs the snapshot format decision).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use crate::errors::ServerError;
+use crate::hash::hash_keyspace;
 use crate::state::{Shared, RAFT_TERM};
 use crate::ETCD_VERSION;
 
@@ -165,17 +165,27 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
         }))
     }
 
+    #[instrument(skip_all, name = "maintenance.hash")]
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("coffer: Hash is not implemented yet"))
+        let h = hash_keyspace(&*self.backend, 0).await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.shared.header(h.current_revision)),
+            hash: h.hash,
+        }))
     }
 
+    #[instrument(skip_all, name = "maintenance.hash_kv")]
     async fn hash_kv(
         &self,
-        _request: Request<HashKvRequest>,
+        request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(Status::unimplemented(
-            "coffer: HashKV is not implemented yet",
-        ))
+        let h = hash_keyspace(&*self.backend, request.into_inner().revision).await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.shared.header(h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.hash_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

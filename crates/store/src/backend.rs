@@ -6,7 +6,8 @@
 use std::future::Future;
 
 use coffer_proto::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 
@@ -50,6 +51,36 @@ pub trait Backend: Send + Sync + 'static {
     fn watch_hub(&self) -> Option<std::sync::Arc<crate::watch::WatchHub>> {
         None
     }
+    /// `Lease.LeaseGrant`: `id` 0 = server-chosen; TTL raised to the minimum. Durable.
+    fn lease_grant(
+        &self,
+        req: LeaseGrantRequest,
+    ) -> impl Future<Output = Result<LeaseGrantResponse, Error>> + Send {
+        let _ = req;
+        async { Err(Error::Engine("this backend has no leases".into())) }
+    }
+    /// `Lease.LeaseRevoke`: deletes the attached keys in one revision.
+    fn lease_revoke(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<LeaseRevokeResponse, Error>> + Send {
+        let _ = id;
+        async { Err(Error::Engine("this backend has no leases".into())) }
+    }
+    /// One keep-alive: renews to the granted TTL; TTL 0 for an unknown or expired lease.
+    fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        let _ = id;
+        Err(Error::Engine("this backend has no leases".into()))
+    }
+    /// A lease's granted and remaining TTL and keys; `None` if unknown.
+    fn lease_status(&self, id: i64) -> Option<crate::lease::LeaseStatus> {
+        let _ = id;
+        None
+    }
+    /// Every lease id, soonest expiry first.
+    fn lease_ids(&self) -> Vec<i64> {
+        Vec::new()
+    }
 }
 
 impl<B: Backend> Backend for std::sync::Arc<B> {
@@ -82,5 +113,26 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn watch_hub(&self) -> Option<std::sync::Arc<crate::watch::WatchHub>> {
         (**self).watch_hub()
+    }
+    fn lease_grant(
+        &self,
+        req: LeaseGrantRequest,
+    ) -> impl Future<Output = Result<LeaseGrantResponse, Error>> + Send {
+        (**self).lease_grant(req)
+    }
+    fn lease_revoke(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<LeaseRevokeResponse, Error>> + Send {
+        (**self).lease_revoke(id)
+    }
+    fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        (**self).lease_keep_alive(id)
+    }
+    fn lease_status(&self, id: i64) -> Option<crate::lease::LeaseStatus> {
+        (**self).lease_status(id)
+    }
+    fn lease_ids(&self) -> Vec<i64> {
+        (**self).lease_ids()
     }
 }

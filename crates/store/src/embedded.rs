@@ -11,17 +11,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use coffer_proto::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseRevokeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::index::Index;
+use crate::lease::{self, LeaseStatus, Leases, LEASES};
 use crate::range::{self, Candidate, Collect};
 use crate::record::{Record, Rev};
 use crate::sealer::Sealer;
@@ -89,6 +92,7 @@ pub(crate) struct Shared {
     pub(crate) db_size: AtomicI64,
     pub(crate) commits: AtomicU64,
     pub(crate) stopped: AtomicBool,
+    leases: Mutex<Leases>,
 }
 
 impl Shared {
@@ -100,6 +104,12 @@ impl Shared {
 
     pub(crate) fn write_index(&self) -> RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lease set. Lock order: the index lock (if taken) before this one.
+    pub(crate) fn leases(&self) -> MutexGuard<'_, Leases> {
+        // Updates are single map operations; a poisoned set is still consistent.
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn read_db(&self) -> RwLockReadGuard<'_, Database> {
@@ -174,6 +184,8 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     tx: Mutex<Option<Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Stops (by dropping the sender) and joins the lease expiry thread.
+    expiry: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     hub: Arc<WatchHub>,
     cluster_id: u64,
     member_id: u64,
@@ -200,6 +212,9 @@ impl EmbeddedStore {
         create_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let existed = path.exists();
+        if !existed {
+            create_private_file(&path)?;
+        }
         let db = Database::create(&path).map_err(|e| {
             Error::Engine(format!(
                 "cannot open the engine file {}: {e}",
@@ -222,6 +237,7 @@ impl EmbeddedStore {
             {
                 wtxn.open_table(RECORDS)
                     .map_err(engine_err("open records"))?;
+                wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
                 let mut meta = wtxn.open_table(META).map_err(engine_err("open meta"))?;
                 match get_meta_i64(&meta, "format")? {
                     None => put_meta_i64(&mut meta, "format", FORMAT_VERSION)?,
@@ -285,6 +301,36 @@ impl EmbeddedStore {
             }
             index.current = current.max(max);
         }
+        // Leases: expiry = now + checkpointed remaining TTL (downtime does not count);
+        // attachments from the index.
+        let mut leases = Leases {
+            next_id: (random_id()? >> 17) as i64,
+            ..Default::default()
+        };
+        {
+            let now = Instant::now();
+            let rtxn = db.begin_read().map_err(engine_err("begin read"))?;
+            let table = rtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
+            for item in table.iter().map_err(engine_err("scan leases"))? {
+                let (k, v) = item.map_err(engine_err("scan leases"))?;
+                let id = k.value();
+                let (ttl, remaining) = lease::decode(id, v.value())?;
+                leases.map.insert(
+                    id,
+                    lease::Lease {
+                        ttl,
+                        expiry: lease::expiry_at_start(now, remaining),
+                        keys: Default::default(),
+                    },
+                );
+            }
+            index.visit(&[0], &[0], index.current, |k, e| {
+                if e.lease != 0 {
+                    leases.reattach(k, 0, e.lease);
+                }
+                true
+            });
+        }
         let mut resume = None;
         if let Some(at) = scheduled {
             index.compacted = at;
@@ -320,6 +366,7 @@ impl EmbeddedStore {
             db_size: AtomicI64::new(0),
             commits: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            leases: Mutex::new(leases),
         });
         shared.refresh_size();
         let current = shared.read_index().current;
@@ -335,10 +382,20 @@ impl EmbeddedStore {
             .name("coffer-store-writer".into())
             .spawn(move || w.run())
             .map_err(|e| Error::Engine(format!("cannot start the writer thread: {e}")))?;
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let expiry = {
+            let shared = Arc::clone(&shared);
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("coffer-lease-expiry".into())
+                .spawn(move || expiry_loop(&shared, &tx, &stop_rx))
+                .map_err(|e| Error::Engine(format!("cannot start the lease expiry thread: {e}")))?
+        };
         Ok(EmbeddedStore {
             shared,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            expiry: Mutex::new(Some((stop_tx, expiry))),
             hub,
             cluster_id,
             member_id,
@@ -380,6 +437,13 @@ impl EmbeddedStore {
 
     /// Stops the writer after the requests already queued, and waits for it.
     pub fn close(&self) {
+        let expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, handle)) = expiry {
+            drop(stop);
+            if handle.join().is_err() {
+                tracing::error!("the lease expiry thread panicked");
+            }
+        }
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(tx) = tx {
             // An error means the writer is already gone.
@@ -494,6 +558,58 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// Creates the engine file readable by its owner only (0600, as etcd creates its files), so the
+/// sealed values and the key names are not world-readable.
+fn create_private_file(path: &Path) -> Result<(), Error> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path).map(drop).map_err(|e| {
+        Error::Engine(format!(
+            "cannot create the engine file {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Revokes expired leases every [`lease::EXPIRY_SCAN`] and checkpoints remaining TTLs every
+/// [`lease::CHECKPOINT_INTERVAL`], until `stop`'s sender is dropped.
+fn expiry_loop(shared: &Shared, tx: &Sender<Command>, stop: &mpsc::Receiver<()>) {
+    let mut last_checkpoint = Instant::now();
+    loop {
+        match stop.recv_timeout(lease::EXPIRY_SCAN) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let due = shared.leases().expired(Instant::now());
+        for id in due {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::LeaseRevoke(id, reply)).is_err() {
+                return;
+            }
+            match rx.blocking_recv() {
+                Ok(Ok(_)) => tracing::debug!(lease = id, "lease expired and revoked"),
+                // Revoked by a client meanwhile.
+                Ok(Err(Error::LeaseNotFound)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
+                }
+                Err(_) => return,
+            }
+        }
+        if last_checkpoint.elapsed() >= lease::CHECKPOINT_INTERVAL {
+            last_checkpoint = Instant::now();
+            if tx.send(Command::LeaseCheckpoint).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn create_dir(dir: &Path) -> Result<(), Error> {
     if dir.is_dir() {
         return Ok(());
@@ -542,6 +658,49 @@ impl Backend for EmbeddedStore {
 
     fn watch_hub(&self) -> Option<Arc<WatchHub>> {
         Some(Arc::clone(&self.hub))
+    }
+
+    async fn lease_grant(&self, req: LeaseGrantRequest) -> Result<LeaseGrantResponse, Error> {
+        self.call(|tx| Command::LeaseGrant(req, tx)).await
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, Error> {
+        self.call(|tx| Command::LeaseRevoke(id, tx)).await
+    }
+
+    fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
+        let revision = self.shared.read_index().current;
+        let now = Instant::now();
+        let mut leases = self.shared.leases();
+        let ttl = match leases.map.get_mut(&id) {
+            // An expired lease waits for its revoke: report it gone.
+            Some(l) if l.expiry > now => {
+                l.expiry = now + std::time::Duration::from_secs(l.ttl as u64);
+                l.ttl
+            }
+            _ => 0,
+        };
+        Ok(LeaseKeepAliveResponse {
+            header: Some(header(revision)),
+            id,
+            ttl,
+        })
+    }
+
+    fn lease_status(&self, id: i64) -> Option<LeaseStatus> {
+        self.shared.leases().status(id, Instant::now())
+    }
+
+    fn lease_ids(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let leases = self.shared.leases();
+        let mut ids: Vec<(i64, i64)> = leases
+            .map
+            .iter()
+            .map(|(id, l)| (lease::remaining_ms(l, now), *id))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 }
 

@@ -12,6 +12,12 @@ pub enum Error {
     /// A Put names a lease that does not exist (etcd: `requested lease not found`).
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// LeaseGrant with an id already in use (etcd: `lease already exists`).
+    #[error("lease already exists")]
+    LeaseExist,
+    /// LeaseGrant with a TTL above 9,000,000,000 s (etcd: `too large lease TTL`).
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
     /// The requested revision was compacted.
     #[error("mvcc: required revision has been compacted")]
     Compacted,

@@ -141,3 +141,6 @@ pub(crate) fn expiry_at_start(now: Instant, remaining_ms: i64) -> Instant {
 pub(crate) fn remaining_ms(l: &Lease, now: Instant) -> i64 {
     l.expiry.saturating_duration_since(now).as_millis() as i64
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,7 @@
 //! # coffer-store: the MVCC keyspace behind `coffer serve`
 //!
-//! Revisions, the key index, compaction, group commit, the watch hub ([`watch`]) and (later)
-//! leases.
+//! Revisions, the key index, compaction, group commit, the watch hub ([`watch`]) and leases
+//! ([`lease`]).
 //! Values are sealed through a [`Sealer`] before they reach the engine and opened after.
 //! [`backend::Backend`] is the one interface the server talks to; the embedded engine
 //! ([`EmbeddedStore`], on redb) implements it now and the etcd gateway will later.
@@ -21,6 +21,7 @@ pub mod backend;
 pub mod embedded;
 pub mod error;
 pub mod index;
+pub mod lease;
 pub mod range;
 pub mod record;
 pub mod sealer;

@@ -16,19 +16,21 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use coffer_proto::mvccpb::{event::EventType, Event, KeyValue};
 use coffer_proto::{
     compare, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, ResponseOp, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    ResponseOp, TxnResponse,
 };
 use redb::{ReadableTable, Table};
 use tokio::sync::oneshot;
 
 use crate::embedded::{engine_err, header, put_meta_i64, Shared, META, RECORDS};
 use crate::index::{Entry, Index, Mutation};
+use crate::lease::{self, LEASES};
 use crate::range::{self, Candidate, Collect};
 use crate::record::{Record, Rev};
 use crate::watch::WatchHub;
@@ -96,6 +98,11 @@ pub(crate) enum Command {
     Compact(CompactionRequest, Reply<CompactionResponse>),
     Status(Reply<StoreStatus>),
     Defragment(Reply<()>),
+    LeaseGrant(LeaseGrantRequest, Reply<LeaseGrantResponse>),
+    /// Revoke (by a client or by expiry): one revision deleting the attached keys.
+    LeaseRevoke(i64, Reply<LeaseRevokeResponse>),
+    /// Persist every lease's remaining TTL.
+    LeaseCheckpoint,
     Shutdown,
 }
 
@@ -103,7 +110,11 @@ impl Command {
     fn is_write(&self) -> bool {
         matches!(
             self,
-            Command::Put(..) | Command::Delete(..) | Command::Txn(..) | Command::Compact(..)
+            Command::Put(..)
+                | Command::Delete(..)
+                | Command::Txn(..)
+                | Command::Compact(..)
+                | Command::LeaseRevoke(..)
         )
     }
 
@@ -116,7 +127,9 @@ impl Command {
             Command::Compact(_, r) => drop(r.send(Err(err()))),
             Command::Status(r) => drop(r.send(Err(err()))),
             Command::Defragment(r) => drop(r.send(Err(err()))),
-            Command::Shutdown => {}
+            Command::LeaseGrant(_, r) => drop(r.send(Err(err()))),
+            Command::LeaseRevoke(_, r) => drop(r.send(Err(err()))),
+            Command::LeaseCheckpoint | Command::Shutdown => {}
         }
     }
 }
@@ -130,6 +143,10 @@ enum Answer {
     ),
     Txn(Reply<TxnResponse>, Result<TxnResponse, Error>),
     Compact(Reply<CompactionResponse>, Result<CompactionResponse, Error>),
+    Revoke(
+        Reply<LeaseRevokeResponse>,
+        Result<LeaseRevokeResponse, Error>,
+    ),
 }
 
 impl Answer {
@@ -139,6 +156,7 @@ impl Answer {
             Answer::Delete(r, v) => drop(r.send(v)),
             Answer::Txn(r, v) => drop(r.send(v)),
             Answer::Compact(r, v) => drop(r.send(v)),
+            Answer::Revoke(r, v) => drop(r.send(v)),
         }
     }
 
@@ -148,6 +166,7 @@ impl Answer {
             Answer::Delete(r, _) => drop(r.send(Err(err))),
             Answer::Txn(r, _) => drop(r.send(Err(err))),
             Answer::Compact(r, _) => drop(r.send(Err(err))),
+            Answer::Revoke(r, _) => drop(r.send(Err(err))),
         }
     }
 }
@@ -310,7 +329,12 @@ impl Writer {
                 _ => match pending.pop_front() {
                     Some(Command::Status(reply)) => drop(reply.send(self.status())),
                     Some(Command::Defragment(reply)) => drop(reply.send(self.defragment())),
-                    Some(Command::Shutdown) => break,
+                    Some(Command::LeaseGrant(req, reply)) => drop(reply.send(self.grant(req))),
+                    Some(Command::LeaseCheckpoint) => self.checkpoint(),
+                    Some(Command::Shutdown) => {
+                        self.checkpoint();
+                        break;
+                    }
                     Some(other) => other.fail(|| Error::Engine("unexpected command".into())),
                     None => {}
                 },
@@ -325,6 +349,86 @@ impl Writer {
         }
         for (w, _) in self.compaction.waiters.drain(..) {
             drop(w.send(Err(Error::Stopped)));
+        }
+    }
+
+    /// LeaseGrant: durable before it is answered; does not bump the revision.
+    fn grant(&self, req: LeaseGrantRequest) -> Result<LeaseGrantResponse, Error> {
+        if req.ttl > lease::MAX_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        let ttl = req.ttl.max(lease::MIN_TTL);
+        let id = {
+            let mut leases = self.shared.leases();
+            if req.id == 0 {
+                leases.fresh_id()
+            } else if leases.map.contains_key(&req.id) {
+                return Err(Error::LeaseExist);
+            } else {
+                req.id
+            }
+        };
+        let mut wtxn = self
+            .shared
+            .read_db()
+            .begin_write()
+            .map_err(engine_err("begin write"))?;
+        wtxn.set_durability(redb::Durability::Immediate)
+            .map_err(engine_err("durability"))?;
+        {
+            let mut t = wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
+            t.insert(id, lease::encode(ttl, ttl.saturating_mul(1000)).as_slice())
+                .map_err(engine_err("write lease"))?;
+        }
+        wtxn.commit().map_err(engine_err("commit"))?;
+        self.shared.leases().map.insert(
+            id,
+            lease::Lease {
+                ttl,
+                expiry: Instant::now() + Duration::from_secs(ttl as u64),
+                keys: Default::default(),
+            },
+        );
+        Ok(LeaseGrantResponse {
+            header: Some(header(self.shared.read_index().current)),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Persists every lease's remaining TTL (logged, not fatal, on failure).
+    fn checkpoint(&self) {
+        let now = Instant::now();
+        let rows: Vec<(i64, i64, i64)> = self
+            .shared
+            .leases()
+            .map
+            .iter()
+            .map(|(id, l)| (*id, l.ttl, lease::remaining_ms(l, now)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let res = (|| -> Result<(), Error> {
+            let mut wtxn = self
+                .shared
+                .read_db()
+                .begin_write()
+                .map_err(engine_err("begin write"))?;
+            wtxn.set_durability(redb::Durability::Immediate)
+                .map_err(engine_err("durability"))?;
+            {
+                let mut t = wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
+                for (id, ttl, rem) in &rows {
+                    t.insert(*id, lease::encode(*ttl, *rem).as_slice())
+                        .map_err(engine_err("write lease"))?;
+                }
+            }
+            wtxn.commit().map_err(engine_err("commit"))
+        })();
+        if let Err(e) = res {
+            tracing::warn!(error = %e, leases = rows.len(), "lease checkpoint failed");
         }
     }
 
@@ -428,6 +532,7 @@ impl Writer {
                 poisoned: None,
                 db_size: shared.db_size.load(AtomicOrdering::Relaxed),
                 want_events,
+                revoked: None,
             };
             while let Some(cmd) = pending.front() {
                 if !cmd.is_write() || g.answers.len() >= MAX_GROUP {
@@ -440,10 +545,16 @@ impl Writer {
                         break;
                     }
                 }
+                // A revoke reads the published lease attachments: it starts a group of its own
+                // and ends it.
+                let revoke = matches!(cmd, Command::LeaseRevoke(..));
+                if revoke && !g.answers.is_empty() {
+                    break;
+                }
                 if let Some(cmd) = pending.pop_front() {
                     g.apply(cmd);
                 }
-                if g.poisoned.is_some() {
+                if g.poisoned.is_some() || revoke {
                     break;
                 }
             }
@@ -469,6 +580,7 @@ impl Writer {
             scheduled,
             physical_waiters,
             poisoned,
+            revoked,
         } = outcome;
 
         let finished = if scheduled.is_none()
@@ -487,6 +599,7 @@ impl Writer {
                 Err(msg)
             }
             None => wtxn_meta(wtxn, cur, scheduled, finished)
+                .and_then(|w| remove_lease(w, revoked))
                 .and_then(|w| w.commit().map_err(|e| format!("commit: {e}"))),
         };
         match result {
@@ -495,9 +608,20 @@ impl Writer {
                 shared.refresh_size();
                 let removed = {
                     let mut ix = shared.write_index();
+                    let mut leases = shared.leases();
                     for m in &mutations {
+                        let (key, new) = match m {
+                            Mutation::Put { key, lease, .. } => (key, *lease),
+                            Mutation::Delete { key, .. } => (key, 0),
+                        };
+                        let old = ix.latest(key).map_or(0, |e| e.lease);
+                        leases.reattach(key, old, new);
                         ix.apply(m);
                     }
+                    if let Some(id) = revoked {
+                        leases.map.remove(&id);
+                    }
+                    drop(leases);
                     ix.current = cur;
                     match scheduled {
                         Some(at) => {
@@ -548,6 +672,20 @@ impl Writer {
     }
 }
 
+/// Removes a revoked lease's row in the group's transaction.
+fn remove_lease(
+    wtxn: redb::WriteTransaction,
+    revoked: Option<i64>,
+) -> Result<redb::WriteTransaction, String> {
+    if let Some(id) = revoked {
+        let mut t = wtxn
+            .open_table(LEASES)
+            .map_err(|e| format!("open leases: {e}"))?;
+        t.remove(id).map_err(|e| format!("remove lease: {e}"))?;
+    }
+    Ok(wtxn)
+}
+
 /// Writes the revision counters into the group's transaction; errors are returned as text.
 fn wtxn_meta(
     wtxn: redb::WriteTransaction,
@@ -571,6 +709,7 @@ fn wtxn_meta(
 }
 
 struct GroupOutcome {
+    revoked: Option<i64>,
     mutations: Vec<Mutation>,
     answers: Vec<Answer>,
     events: Vec<CommittedRevision>,
@@ -601,6 +740,8 @@ struct Group<'a, 't> {
     db_size: i64,
     /// Collect events for the watch hub and the listener.
     want_events: bool,
+    /// A lease revoked by this group (it is then the group's only request).
+    revoked: Option<i64>,
 }
 
 impl Group<'_, '_> {
@@ -613,6 +754,7 @@ impl Group<'_, '_> {
             scheduled: self.scheduled,
             physical_waiters: self.physical_waiters,
             poisoned: self.poisoned,
+            revoked: self.revoked,
         }
     }
 
@@ -672,8 +814,34 @@ impl Group<'_, '_> {
                     }
                 }
             }
+            Command::LeaseRevoke(id, reply) => {
+                let res = self.revoke(id);
+                self.answers.push(Answer::Revoke(reply, res));
+            }
             other => other.fail(|| Error::Engine("not a write".into())),
         }
+    }
+
+    /// Deletes every key attached to lease `id` in one revision (sorted key order).
+    fn revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, Error> {
+        let keys: Vec<Vec<u8>> = match self.shared.leases().map.get(&id) {
+            Some(l) => l.keys.iter().cloned().collect(),
+            None => return Err(Error::LeaseNotFound),
+        };
+        let mut rs = ReqState::new(self.cur + 1);
+        for key in keys {
+            if let Some(prev) = self.lookup(&rs, &key) {
+                let rev = rs.next_rev();
+                rs.local.insert(key.clone(), None);
+                rs.writes.push(Write::Delete { key, rev, prev });
+            }
+        }
+        let rev = rs.current();
+        self.merge(rs, 0)?;
+        self.revoked = Some(id);
+        Ok(LeaseRevokeResponse {
+            header: Some(header(rev)),
+        })
     }
 
     fn check_quota(&self, cost: i64) -> Result<(), Error> {
@@ -845,8 +1013,8 @@ impl Group<'_, '_> {
         req: &PutRequest,
         sealed: Option<Vec<u8>>,
     ) -> Result<PutResponse, Error> {
-        if req.lease != 0 && !req.ignore_lease {
-            // No lease exists yet (leases are a later issue).
+        if req.lease != 0 && !req.ignore_lease && !self.shared.leases().map.contains_key(&req.lease)
+        {
             return Err(Error::LeaseNotFound);
         }
         let prev = self.lookup(rs, &req.key);

@@ -83,3 +83,19 @@ async fn no_plaintext_marker_on_disk_with_the_real_keyspace() {
     let r = get(&s, rr("/registry/secrets/s3", "")).await;
     assert_eq!(r.kvs[0].value, format!("{MARKER}-3").as_bytes());
 }
+
+#[test]
+fn engine_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = open(&data);
+    drop(s);
+    let file_mode = std::fs::metadata(data.join("coffer.redb"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(file_mode & 0o777, 0o600, "engine file mode {file_mode:o}");
+    let dir_mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "data dir mode {dir_mode:o}");
+}
