@@ -47,6 +47,12 @@ pub enum ServerError {
     /// A lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// LeaseGrant with an id already in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// LeaseGrant with a TTL above etcd's MaxLeaseTTL.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A member ID that is not this member.
     #[error("etcdserver: member not found")]
     MemberNotFound,
@@ -100,7 +106,10 @@ impl ServerError {
             | ServerError::MemberBadUrls
             | ServerError::WrongDowngradeVersionFormat
             | ServerError::InvalidDowngradeTargetVersion => Code::InvalidArgument,
-            ServerError::Compacted | ServerError::FutureRev => Code::OutOfRange,
+            ServerError::Compacted | ServerError::FutureRev | ServerError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            ServerError::LeaseExist => Code::FailedPrecondition,
             ServerError::NoSpace => Code::ResourceExhausted,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             // etcd maps this one to a client-side error value without a gRPC status, so gRPC
@@ -127,6 +136,8 @@ impl From<coffer_store::Error> for ServerError {
         match err {
             E::KeyNotFound => ServerError::KeyNotFound,
             E::LeaseNotFound => ServerError::LeaseNotFound,
+            E::LeaseExist => ServerError::LeaseExist,
+            E::LeaseTtlTooLarge => ServerError::LeaseTtlTooLarge,
             E::Compacted => ServerError::Compacted,
             E::FutureRev => ServerError::FutureRev,
             E::NoSpace => ServerError::NoSpace,

@@ -1,7 +1,7 @@
 //! # coffer-server: etcd's v3 gRPC API over a Coffer store
 //!
-//! The tonic services (KV, Maintenance, Cluster and `grpc.health.v1`; Watch, Lease and Auth
-//! come with later issues and answer `UNIMPLEMENTED` until then), request limits
+//! The tonic services (KV, Watch, Lease, Maintenance, Cluster and `grpc.health.v1`; Auth
+//! comes with a later issue and answers `UNIMPLEMENTED` until then), request limits
 //! (`--max-request-bytes`, `--max-txn-ops`), request validation, and the one table that maps
 //! store errors to etcd's gRPC codes and `etcdserver: ...` strings. Thin: it translates,
 //! checks and delegates to the store.
@@ -9,11 +9,13 @@
 //! [`serve`] binds every listen URL and serves until the shutdown future completes, then
 //! drains the open requests.
 
+pub mod authority;
 pub mod cluster;
 pub mod config;
 pub mod errors;
 mod hash;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod state;
 pub mod validate;
@@ -171,6 +173,12 @@ where
     .max_decoding_message_size(max_recv)
     .max_encoding_message_size(usize::MAX);
     let watch_hub = backend.watch_hub();
+    let lease = coffer_proto::lease_server::LeaseServer::new(lease::LeaseService::new(
+        backend.clone(),
+        shared.clone(),
+    ))
+    .max_decoding_message_size(max_recv)
+    .max_encoding_message_size(usize::MAX);
     let cluster = ClusterServer::new(cluster::ClusterService::new(backend, shared.clone()))
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(usize::MAX);
@@ -190,12 +198,18 @@ where
         .add_service(kv)
         .add_service(maintenance)
         .add_service(cluster)
-        .add_optional_service(watch);
+        .add_optional_service(watch)
+        .add_service(lease);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let addrs = listeners.local_addrs();
     let servers = futures::future::try_join_all(listeners.listeners.into_iter().map(|listener| {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Every connection goes through AuthorityRepair: etcdctl 3.4 sends `:authority`
+        // values h2 rejects (see authority.rs).
+        let incoming = futures::TryStreamExt::map_ok(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            authority::AuthorityRepair::new,
+        );
         let mut stop = stop_rx.clone();
         let router = router.clone();
         async move {

@@ -169,8 +169,9 @@ fn responses(
     vec![Ok(one)]
 }
 
-/// Splits a response into consecutive ones of as many events as fit (at least one each),
-/// `fragment=true` on all but the last.
+/// Splits a response as etcd's `sendFragments` does: consecutive responses each with as many
+/// events as keep its encoded size below `limit` (at least one event each), `fragment=true` on
+/// all but the last.
 fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     let WatchResponse {
         header,
@@ -178,14 +179,22 @@ fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
         events,
         ..
     } = resp;
+    let empty = WatchResponse {
+        header,
+        watch_id,
+        fragment: true,
+        ..Default::default()
+    };
+    let base = empty.encoded_len();
     let mut out = Vec::new();
     let mut cur: Vec<Event> = Vec::new();
-    let mut size = 0usize;
+    let mut size = base;
     for e in events {
-        let len = e.encoded_len() + 8;
+        // Field 11 of WatchResponse: tag, length prefix and the event.
+        let len = prost::encoding::message::encoded_len(11, &e);
         if !cur.is_empty() && size + len >= limit {
             out.push(std::mem::take(&mut cur));
-            size = 0;
+            size = base;
         }
         size += len;
         cur.push(e);
@@ -197,11 +206,9 @@ fn fragments(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
     out.into_iter()
         .enumerate()
         .map(|(i, events)| WatchResponse {
-            header,
-            watch_id,
             events,
             fragment: i + 1 < n,
-            ..Default::default()
+            ..empty.clone()
         })
         .collect()
 }
@@ -260,6 +267,93 @@ mod tests {
             }),
             prev_kv: None,
         }
+    }
+
+    /// TEST ONLY: stores values as given behind a prefix.
+    struct PlainTestSealer;
+
+    impl coffer_store::Sealer for PlainTestSealer {
+        fn seal(&self, _key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, String> {
+            Ok([b"t:".as_slice(), plaintext].concat())
+        }
+        fn open(&self, _key: &[u8], stored: &[u8]) -> Result<Vec<u8>, String> {
+            stored
+                .strip_prefix(b"t:")
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| "not sealed by the test sealer".into())
+        }
+    }
+
+    /// Periodic progress notifications over real gRPC: only to `progress_notify` watchers,
+    /// never to a watcher whose start revision is in the future (#20221).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn periodic_progress_notifications() {
+        use coffer_proto::watch_client::WatchClient;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            coffer_store::EmbeddedStore::open(
+                dir.path(),
+                Arc::new(PlainTestSealer),
+                coffer_store::StoreOptions::default(),
+            )
+            .unwrap(),
+        );
+        let mut config = crate::ServerConfig::new(1, 2);
+        config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
+        // Below the minimum: raised to 100 ms.
+        config.watch_progress_notify_interval = Duration::from_millis(10);
+        let listeners = crate::bind(&config).await.unwrap();
+        let addr = listeners.local_addrs()[0];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::serve_on(listeners, config, store, async move {
+            let _ = stopped.await;
+        }));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let create = |key: &str, start: i64, progress_notify: bool| WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(
+                coffer_proto::WatchCreateRequest {
+                    key: key.into(),
+                    start_revision: start,
+                    progress_notify,
+                    ..Default::default()
+                },
+            )),
+        };
+        tx.send(create("p", 0, true)).await.unwrap();
+        tx.send(create("q", 0, false)).await.unwrap();
+        tx.send(create("f", 1000, true)).await.unwrap();
+        let mut client = WatchClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut inbound = client
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut progress = std::collections::BTreeMap::<i64, usize>::new();
+        let started = std::time::Instant::now();
+        let mut created = 0;
+        while started.elapsed() < Duration::from_millis(1000) {
+            match tokio::time::timeout(Duration::from_millis(200), inbound.message()).await {
+                Ok(Ok(Some(r))) if r.created => created += 1,
+                Ok(Ok(Some(r))) => {
+                    assert!(r.events.is_empty() && !r.canceled, "{r:?}");
+                    assert_eq!(r.header.unwrap().revision, 1);
+                    *progress.entry(r.watch_id).or_default() += 1;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {}
+            }
+        }
+        assert_eq!(created, 3);
+        let to_first = progress.remove(&0).unwrap_or(0);
+        // ~10 ticks in a second at 100 ms (+ up to 10 % jitter); at least a few.
+        assert!((3..=11).contains(&to_first), "{to_first}");
+        assert!(progress.is_empty(), "only watcher 0 asked: {progress:?}");
+        drop(tx);
+        drop(inbound);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 
     #[test]

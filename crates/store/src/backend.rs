@@ -81,6 +81,10 @@ pub trait Backend: Send + Sync + 'static {
     fn lease_ids(&self) -> Vec<i64> {
         Vec::new()
     }
+    /// The current revision without a round trip through the writer, if the backend knows it.
+    fn revision_now(&self) -> Option<i64> {
+        None
+    }
 }
 
 impl<B: Backend> Backend for std::sync::Arc<B> {
@@ -134,5 +138,8 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn lease_ids(&self) -> Vec<i64> {
         (**self).lease_ids()
+    }
+    fn revision_now(&self) -> Option<i64> {
+        (**self).revision_now()
     }
 }

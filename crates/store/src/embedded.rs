@@ -687,6 +687,10 @@ impl Backend for EmbeddedStore {
         })
     }
 
+    fn revision_now(&self) -> Option<i64> {
+        Some(self.shared.read_index().current)
+    }
+
     fn lease_status(&self, id: i64) -> Option<LeaseStatus> {
         self.shared.leases().status(id, Instant::now())
     }

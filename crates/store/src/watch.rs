@@ -29,6 +29,8 @@ use crate::Error;
 pub const MAX_CATCH_UP_REVISIONS: i64 = 1000;
 /// `cancel_reason` of a create whose range is empty.
 pub const REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+/// `cancel_reason` of a create with a negative start revision (etcd 3.4.38+/3.5.24+/3.6.6+).
+pub const REASON_NEGATIVE_START: &str = "etcdserver: mvcc: required revision has been compacted";
 /// `cancel_reason` of a create whose explicit id is already in use on the stream.
 pub const REASON_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -372,11 +374,14 @@ impl WatchStream {
             && spec.range_end != [0]
             && spec.range_end.as_slice() <= spec.key.as_slice();
         let duplicate = watch_id != 0 && self.live_id(watch_id);
-        if range_empty || duplicate {
+        let negative = spec.start_revision < 0;
+        if range_empty || duplicate || negative {
             let reason = if range_empty {
                 REASON_EMPTY_RANGE
-            } else {
+            } else if duplicate {
                 REASON_DUPLICATE_ID
+            } else {
+                REASON_NEGATIVE_START
             };
             let revision = self.hub.revision();
             let _ = self

@@ -99,9 +99,15 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
         ServerError::InvalidSortOption => {
             (23, Code::InvalidArgument, "etcdserver: invalid sort option")
         }
+        ServerError::LeaseExist => (
+            24,
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists",
+        ),
+        ServerError::LeaseTtlTooLarge => (25, Code::OutOfRange, "etcdserver: too large lease TTL"),
     }
 }
-const VARIANTS: usize = 24;
+const VARIANTS: usize = 26;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -129,6 +135,8 @@ fn all() -> Vec<ServerError> {
         ServerError::Unsealed,
         ServerError::Engine,
         ServerError::InvalidSortOption,
+        ServerError::LeaseExist,
+        ServerError::LeaseTtlTooLarge,
     ]
 }
 
@@ -160,6 +168,16 @@ fn every_store_error_maps_to_the_right_etcd_error() {
             E::LeaseNotFound,
             Code::NotFound,
             "etcdserver: requested lease not found",
+        ),
+        (
+            E::LeaseExist,
+            Code::FailedPrecondition,
+            "etcdserver: lease already exists",
+        ),
+        (
+            E::LeaseTtlTooLarge,
+            Code::OutOfRange,
+            "etcdserver: too large lease TTL",
         ),
         (
             E::Compacted,

@@ -321,10 +321,15 @@ async fn ids_ranges_and_progress_rules() {
         ..Default::default()
     };
     assert_eq!(ws.create(empty, 0).await, None);
+    assert_eq!(ws.create(prefix("a", -3), 0).await, None);
     for id in [1, 0, 2] {
         assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id, .. } if watch_id == id));
     }
-    for reason in [REASON_DUPLICATE_ID, REASON_EMPTY_RANGE] {
+    for reason in [
+        REASON_DUPLICATE_ID,
+        REASON_EMPTY_RANGE,
+        REASON_NEGATIVE_START,
+    ] {
         assert!(matches!(recv(&mut rx).await, Notice::Refused { reason: r, .. } if r == reason));
     }
     // Cancel 2; unknown ids get no reply; the auto counter moves on to 3.
