@@ -10,12 +10,17 @@
 //! How: the write side (server → client) is passed through untouched. The read side parses
 //! the client connection preface and then HTTP/2 frames. Every frame except a header block
 //! (HEADERS plus its CONTINUATION frames) is passed through unchanged, payloads straight from
-//! the socket. Every header block is HPACK-decoded with a decoder whose dynamic table follows
-//! the client's encoder, the `:authority` value goes through the repair rule, and the block is
-//! re-encoded using only "literal header field without indexing" with plain (non-Huffman)
-//! strings, and no dynamic table size updates. So h2's decoder never inserts anything into its
-//! dynamic table, which stays empty and in step with what we send, whatever the client's
-//! encoder did. The cost is a few hundred bytes per request on loopback-speed parsing.
+//! the socket. Every header block is HPACK-decoded by a decoder whose dynamic table follows
+//! the client's encoder (our own small one in `hpack`: Huffman strings decode in nanoseconds,
+//! indexed fields are borrowed), and its `:authority` value goes through the repair rule.
+//!
+//! While no block on the connection has needed a repair, blocks are passed on byte for byte,
+//! so h2's dynamic table is an exact copy of the client's and clients with valid authorities
+//! (tonic, kube-apiserver) cost only the parsing. From the first block that needs a repair
+//! on, every block is re-encoded using only "literal header field without indexing" with
+//! plain (non-Huffman) strings and no dynamic table size updates: h2's table then never
+//! changes again and nothing we send refers to it, whatever the client's encoder does. The
+//! cost there is a few hundred bytes per request, parsed on loopback.
 //!
 //! Re-emitted blocks keep their stream id, END_STREAM and the PRIORITY fields; padding is
 //! dropped; blocks larger than 16 384 bytes (the smallest SETTINGS_MAX_FRAME_SIZE a server can
@@ -151,6 +156,8 @@ struct PendingBlock {
     end_stream: bool,
     priority: Option<[u8; 5]>,
     fragment: Vec<u8>,
+    /// The block's frames as received, to pass on unchanged when nothing needs repair.
+    raw: BytesMut,
 }
 
 /// The read-side state machine, independent of any socket.
@@ -167,6 +174,13 @@ struct Rewriter {
     rule: RepairRule,
     /// How many `:authority` values were rewritten on this connection.
     repaired: u64,
+    /// Whether header blocks are re-encoded. Until the first block that needs a repair, blocks
+    /// pass unchanged, so h2's dynamic table is a copy of the client's. From then on every
+    /// block is re-encoded as literals that leave h2's table as it was; nothing we send
+    /// refers to it, so it no longer matters that it stops following the client's.
+    rewriting: bool,
+    /// Scratch space for re-encoded blocks.
+    encoded: Vec<u8>,
     failed: Option<RepairError>,
 }
 
@@ -195,6 +209,8 @@ impl Rewriter {
             decoder,
             rule,
             repaired: 0,
+            rewriting: false,
+            encoded: Vec::new(),
             failed: None,
         }
     }
@@ -266,7 +282,9 @@ impl Rewriter {
                     let frame = self.inbuf.split_to(total);
                     let payload = &frame[FRAME_HEADER_LEN..];
                     if typ == TYPE_HEADERS {
-                        self.block = Some(start_block(stream_id, flags, payload)?);
+                        let mut block = start_block(stream_id, flags, payload)?;
+                        block.raw = frame;
+                        self.block = Some(block);
                     } else if let Some(block) = self.block.as_mut() {
                         if block.stream_id != stream_id {
                             return Err(RepairError::Framing {
@@ -281,6 +299,14 @@ impl Rewriter {
                             });
                         }
                         block.fragment.extend_from_slice(payload);
+                        // Padding and empty frames are counted here.
+                        if block.raw.len() + frame.len() > 2 * MAX_HEADER_BLOCK {
+                            return Err(RepairError::TooLarge {
+                                stream_id,
+                                limit: 2 * MAX_HEADER_BLOCK,
+                            });
+                        }
+                        block.raw.extend_from_slice(&frame);
                     }
                     if flags & FLAG_END_HEADERS != 0 {
                         if let Some(block) = self.block.take() {
@@ -292,10 +318,12 @@ impl Rewriter {
         }
     }
 
-    /// Decodes a complete header block and appends its re-encoded frames to `out`.
+    /// Decodes a complete header block and appends it to `out`: its original frames while the
+    /// connection has needed no repair, else re-encoded frames (see [`Rewriter::rewriting`]).
     fn finish_block(&mut self, block: &PendingBlock) -> Result<(), RepairError> {
         let rule = self.rule;
-        let mut encoded = Vec::with_capacity(block.fragment.len() * 2 + 64);
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
         let mut list_size = 0usize;
         let mut repaired = false;
         self.decoder
@@ -310,11 +338,7 @@ impl Rewriter {
                     None
                 };
                 repaired |= replacement.is_some();
-                encode_literal(
-                    &mut encoded,
-                    name,
-                    replacement.as_deref().unwrap_or(value),
-                );
+                encode_literal(&mut encoded, name, replacement.as_deref().unwrap_or(value));
             })
             .map_err(|e| RepairError::Hpack {
                 stream_id: block.stream_id,
@@ -335,7 +359,13 @@ impl Rewriter {
                 );
             }
         }
-        write_block_frames(&mut self.out, block, &encoded);
+        if self.rewriting || repaired {
+            self.rewriting = true;
+            write_block_frames(&mut self.out, block, &encoded);
+        } else {
+            self.out.extend_from_slice(&block.raw);
+        }
+        self.encoded = encoded;
         Ok(())
     }
 }
@@ -375,6 +405,7 @@ fn start_block(stream_id: u32, flags: u8, payload: &[u8]) -> Result<PendingBlock
         end_stream: flags & FLAG_END_STREAM != 0,
         priority,
         fragment: p[..fragment_len].to_vec(),
+        raw: BytesMut::new(),
     })
 }
 
@@ -510,11 +541,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
+        // Fill `buf` with everything available without I/O; touch the socket only when
+        // nothing has been handed over yet in this call.
+        let start_len = buf.filled().len();
         loop {
+            let filled_any = buf.filled().len() > start_len;
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
             if let Some(e) = &this.rw.failed {
+                if filled_any {
+                    return Poll::Ready(Ok(()));
+                }
                 return Poll::Ready(Err(e.clone().into()));
             }
             // 1. Frames already prepared.
@@ -522,7 +560,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
                 let n = this.rw.out.len().min(buf.remaining());
                 buf.put_slice(&this.rw.out[..n]);
                 this.rw.out.advance(n);
-                return Poll::Ready(Ok(()));
+                continue;
             }
             // 2. Payload bytes passed through unchanged: from the buffer, else straight from
             //    the socket into the caller's buffer.
@@ -538,19 +576,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
                     buf.put_slice(&this.rw.inbuf[..n]);
                     this.rw.inbuf.advance(n);
                     n
-                } else if this.eof {
+                } else if this.eof || filled_any {
                     return Poll::Ready(Ok(()));
                 } else {
                     let n = ready!(poll_read_limited(&mut this.inner, cx, buf, limit))?;
                     if n == 0 {
                         this.eof = true;
+                        return Poll::Ready(Ok(()));
                     }
                     n
                 };
                 if !transparent {
                     this.rw.passthrough -= n;
                 }
-                return Poll::Ready(Ok(()));
+                continue;
             }
             // 3. Parse what is buffered.
             let need = match this.rw.process() {
@@ -561,7 +600,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
                     continue;
                 }
             };
-            if need == 0 {
+            // Hand over whatever is ready before waiting for more: the client may be waiting
+            // for an answer to exactly these bytes.
+            if need == 0 || !this.rw.out.is_empty() {
                 continue;
             }
             if this.eof {
@@ -572,6 +613,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
                 let rest = this.rw.inbuf.split();
                 this.rw.out.extend_from_slice(&rest);
                 continue;
+            }
+            if filled_any {
+                return Poll::Ready(Ok(()));
             }
             // 4. Read more from the socket into the frame buffer.
             let start = this.rw.inbuf.len();

@@ -105,7 +105,7 @@ const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
 
 /// RFC 7541 Appendix B: the Huffman code length, in bits, of each symbol 0..=255 and EOS
 /// (256). The codes themselves follow canonically.
-const CODE_LENGTHS: [u8; 257] = [
+pub(super) const CODE_LENGTHS: [u8; 257] = [
     13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, // 0x00
     28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 28, // 0x10
     6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, // 0x20
@@ -277,11 +277,14 @@ impl Str<'_, '_> {
     }
 }
 
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
 /// The decoder state of one connection.
 #[derive(Debug)]
 pub struct Decoder {
     /// Newest first: dynamic index 62 is `table[0]`.
-    table: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    table: VecDeque<Entry>,
     size: usize,
     max_size: usize,
     allowed: usize,

@@ -110,10 +110,12 @@ fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
     frames
 }
 
-/// Header blocks as the server will see them: each decoded with a FRESH decoder, which
-/// proves they never depend on (or change) the server's dynamic table. Also checks that
-/// every field is a literal without indexing with a new name.
-fn server_view(frames: &[Frame]) -> Vec<(u32, Vec<(String, String)>)> {
+/// Header blocks as the server will see them: decoded in order by one decoder, like h2's
+/// for the connection. With `literal_from = Some(n)`, checks that every block from the n-th
+/// on is made only of literals without indexing (so it neither uses nor changes the server's
+/// dynamic table) and that each such block also decodes with a fresh decoder.
+fn server_view(frames: &[Frame], literal_from: Option<usize>) -> Vec<(u32, Vec<(String, String)>)> {
+    let mut server = loona_hpack::Decoder::new();
     let mut blocks = Vec::new();
     let mut current: Option<(u32, Vec<u8>)> = None;
     for f in frames {
@@ -138,13 +140,19 @@ fn server_view(frames: &[Frame]) -> Vec<(u32, Vec<(String, String)>)> {
         }
         if f.flags & FLAG_END_HEADERS != 0 {
             let (id, block) = current.take().unwrap();
-            let fields = literal_fields(&block);
-            let decoded = loona_hpack::Decoder::new().decode(&block).unwrap();
+            let decoded = server.decode(&block).unwrap();
+            if literal_from.is_some_and(|n| blocks.len() >= n) {
+                assert_eq!(
+                    literal_fields(&block),
+                    decoded.len(),
+                    "one literal per field"
+                );
+                assert_eq!(loona_hpack::Decoder::new().decode(&block).unwrap(), decoded);
+            }
             let decoded: Vec<(String, String)> = decoded
                 .into_iter()
                 .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
                 .collect();
-            assert_eq!(fields, decoded.len(), "one literal per field");
             blocks.push((id, decoded));
         }
     }
@@ -252,7 +260,7 @@ async fn etcdctl_capture_gets_a_valid_authority() {
     assert_eq!(orig_auth.1, b"http://127.0.0.1:34993");
     assert!(http::uri::Authority::try_from(orig_auth.1.as_slice()).is_err());
 
-    let blocks = server_view(&after);
+    let blocks = server_view(&after, Some(0));
     assert_eq!(blocks.len(), 1);
     let (id, headers) = &blocks[0];
     assert_eq!(*id, 1);
@@ -300,7 +308,10 @@ async fn rfc7541_c4_requests_with_huffman_and_dynamic_table() {
         frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &c42),
         frame(TYPE_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, 5, &c43),
     ]);
-    let blocks = server_view(&parse_frames(&rewrite(&input).await.unwrap()));
+    let out = rewrite(&input).await.unwrap();
+    // Nothing to repair: the connection passes through byte for byte.
+    assert_eq!(out, input);
+    let blocks = server_view(&parse_frames(&out), None);
     let s = |v: &[(&str, &str)]| -> Vec<(String, String)> {
         v.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -338,15 +349,18 @@ async fn rfc7541_c4_requests_with_huffman_and_dynamic_table() {
 }
 
 /// Many requests from an indexing encoder (every repeat is a dynamic-table reference,
-/// the table overflows and evicts), authorities with and without a scheme.
+/// the table overflows and evicts): first 60 with valid authorities (passed through
+/// unchanged, so h2's table fills up), then some with a scheme (from the first of those on,
+/// every block is re-encoded as literals, and later blocks still decode correctly).
 #[tokio::test]
 async fn long_connection_with_dynamic_table_eviction() {
+    const FIRST_REPAIR: u32 = 60;
     let mut enc = loona_hpack::Encoder::new();
     let mut parts = Vec::new();
     let mut expected = Vec::new();
     for i in 0..200u32 {
         let stream_id = 2 * i + 1;
-        let authority = if i % 3 == 0 {
+        let authority = if i >= FIRST_REPAIR && i % 3 == 0 {
             format!("http://10.0.0.{}:2379", i % 7)
         } else {
             format!("10.0.0.{}:2379", i % 7)
@@ -374,8 +388,17 @@ async fn long_connection_with_dynamic_table_eviction() {
     let input = client_stream(&parts);
     let out = rewrite_with_chunks(&input, 1000).await.unwrap();
     let frames = parse_frames(&out);
-    let blocks = server_view(&frames);
+    let blocks = server_view(&frames, Some(FIRST_REPAIR as usize));
     assert_eq!(blocks.len(), expected.len());
+    // Until the first repair the bytes are the client's own.
+    let first_repair_frame = parse_frames(&input)
+        .iter()
+        .position(|f| f.typ == TYPE_HEADERS && f.stream_id == 2 * FIRST_REPAIR + 1)
+        .unwrap();
+    assert_eq!(
+        frames[..first_repair_frame],
+        parse_frames(&input)[..first_repair_frame]
+    );
     for ((id, headers), (eid, auth, path, filler)) in blocks.iter().zip(&expected) {
         assert_eq!(id, eid);
         assert_eq!(get(headers, ":authority").as_ref(), Some(auth));
@@ -423,7 +446,7 @@ async fn padding_priority_and_continuation_in_and_out() {
     assert_eq!(first.payload.len(), OUT_FRAME_SIZE);
     assert!(frames[2..].iter().all(|f| f.typ == TYPE_CONTINUATION));
     assert_eq!(frames.last().unwrap().flags, FLAG_END_HEADERS);
-    let blocks = server_view(&frames);
+    let blocks = server_view(&frames, Some(0));
     assert_eq!(
         get(&blocks[0].1, ":authority").as_deref(),
         Some("example.test:443")
@@ -599,7 +622,7 @@ proptest! {
             parts.push(frame(TYPE_HEADERS, FLAG_END_HEADERS, 2 * i as u32 + 1, &enc.encode(headers)));
         }
         let out = rt.block_on(rewrite_with_chunks(&client_stream(&parts), chunk)).unwrap();
-        let blocks = server_view(&parse_frames(&out));
+        let blocks = server_view(&parse_frames(&out), Some(0));
         prop_assert_eq!(blocks.len(), lists.len());
         for ((_, got), list) in blocks.iter().zip(&lists) {
             prop_assert_eq!(&got[0], &(":authority".to_string(), "h:1".to_string()));
@@ -608,8 +631,11 @@ proptest! {
     }
 }
 
+/// A decoded header list.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Our decoder against the reference codec, field by field.
-fn ours(dec: &mut hpack::Decoder, block: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, hpack::HpackError> {
+fn ours(dec: &mut hpack::Decoder, block: &[u8]) -> Result<Fields, hpack::HpackError> {
     let mut v = Vec::new();
     dec.decode(block, |n, value| v.push((n.to_vec(), value.to_vec())))?;
     Ok(v)
@@ -633,11 +659,26 @@ fn huffman_every_symbol_matches_the_reference() {
     let mut out = Vec::new();
     hpack::huffman_decode(&hex::decode("f1e3c2e5f23a6ba0ab90f4ff").unwrap(), &mut out).unwrap();
     assert_eq!(out, b"www.example.com");
-    // Every byte value, via strings the reference decoder accepts: walk all bit strings
-    // of the reference's Huffman codes by brute force is too big, so instead decode the
-    // capture (Go's encoder) and check each field with the reference.
+    // Every symbol: encode all 256 byte values with codes derived canonically from our
+    // length table; the reference decoder (which has the RFC's explicit codes) must read
+    // them back, and so must ours.
+    let all: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let encoded = huffman_encode(&all);
+    let mut block = vec![0x00, 0x01, b'a'];
+    encode_int(&mut block, 0x80, 7, encoded.len());
+    block.extend_from_slice(&encoded);
+    let reference = loona_hpack::Decoder::new().decode(&block).unwrap();
+    assert_eq!(reference[0].1, all);
+    let mut out = Vec::new();
+    hpack::huffman_decode(&encoded, &mut out).unwrap();
+    assert_eq!(out, all);
+    // A real Go encoder's block (Huffman strings, incremental indexing).
     let frames = parse_frames(ETCDCTL_STATUS);
-    let block = &frames.iter().find(|f| f.typ == TYPE_HEADERS).unwrap().payload;
+    let block = &frames
+        .iter()
+        .find(|f| f.typ == TYPE_HEADERS)
+        .unwrap()
+        .payload;
     let reference = loona_hpack::Decoder::new().decode(block).unwrap();
     let mine = ours(&mut hpack::Decoder::new(MAX_DYNAMIC_TABLE), block).unwrap();
     assert_eq!(mine, reference);
@@ -709,6 +750,117 @@ proptest! {
             let want: Vec<(Vec<u8>, Vec<u8>)> =
                 list.iter().map(|(n, v)| (n.clone().into_bytes(), v.clone().into_bytes())).collect();
             prop_assert_eq!(got, want);
+        }
+    }
+}
+
+/// Huffman-encodes with canonical codes computed from `hpack::CODE_LENGTHS`.
+fn huffman_encode(data: &[u8]) -> Vec<u8> {
+    let lengths = hpack::CODE_LENGTHS;
+    let mut order: Vec<usize> = (0..257).collect();
+    order.sort_by_key(|&s| (lengths[s], s));
+    let mut codes = [0u64; 257];
+    let mut code = 0u64;
+    let mut prev = lengths[order[0]];
+    for (k, &s) in order.iter().enumerate() {
+        if k > 0 {
+            code = (code + 1) << (lengths[s] - prev);
+        }
+        prev = lengths[s];
+        codes[s] = code;
+    }
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u64, 0u32);
+    for &b in data {
+        let len = u32::from(lengths[usize::from(b)]);
+        acc = (acc << len) | codes[usize::from(b)];
+        bits += len;
+        while bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if bits > 0 {
+        out.push(((acc << (8 - bits)) | ((1 << (8 - bits)) - 1)) as u8);
+    }
+    out
+}
+
+/// A reader that hands out its bytes, then stays Pending forever (a client waiting for an
+/// answer). Everything it sent must reach the server without more input.
+struct ThenSilence {
+    data: Vec<u8>,
+    pos: usize,
+    chunk: usize,
+}
+
+impl AsyncRead for ThenSilence {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos == self.data.len() {
+            return Poll::Pending;
+        }
+        let n = self
+            .chunk
+            .min(buf.remaining())
+            .min(self.data.len() - self.pos);
+        let pos = self.pos;
+        buf.put_slice(&self.data[pos..pos + n]);
+        self.pos += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Regression: a frame completed in the output buffer while the input ended mid-way through
+/// the next frame header must be delivered, not held until more input arrives (that hung a
+/// tonic client whose request ended with an empty END_STREAM DATA frame). Polls by hand with
+/// a waker that does nothing, so nothing but the reader's own progress can deliver bytes.
+#[tokio::test]
+async fn ready_frames_are_delivered_without_more_input() {
+    let mut enc = loona_hpack::Encoder::new();
+    let headers: Vec<(&[u8], &[u8])> = vec![(b":authority", b"http://h:1")];
+    let block = enc.encode(headers);
+    let cases = [
+        client_stream(&[frame(0x0, FLAG_END_STREAM, 1, &[])]),
+        client_stream(&[
+            frame(0x0, 0, 1, b"abc"),
+            frame(0x0, FLAG_END_STREAM, 1, &[]),
+        ]),
+        client_stream(&[frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            1,
+            &block,
+        )]),
+        client_stream(&[frame(0x8, 0, 0, &[0, 0, 1, 0])]), // WINDOW_UPDATE
+    ];
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    for input in cases {
+        let expected = rewrite(&input).await.unwrap();
+        for chunk in [1, 5, 9, 10, 4096] {
+            let mut conn = AuthorityRepair::new(ThenSilence {
+                data: input.clone(),
+                pos: 0,
+                chunk,
+            });
+            let mut got = Vec::new();
+            loop {
+                let mut tmp = [0u8; 64];
+                let mut rb = ReadBuf::new(&mut tmp);
+                match Pin::new(&mut conn).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                        got.extend_from_slice(rb.filled())
+                    }
+                    Poll::Ready(Ok(())) => panic!("unexpected EOF"),
+                    Poll::Ready(Err(e)) => panic!("{e}"),
+                    Poll::Pending => break,
+                }
+            }
+            assert_eq!(got, expected, "chunk {chunk}");
         }
     }
 }
