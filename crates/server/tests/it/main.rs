@@ -368,12 +368,28 @@ async fn maintenance_and_cluster() {
         Code::InvalidArgument,
         "etcdserver: invalid downgrade target version",
     );
-    assert_eq!(
-        m.hash_kv(HashKvRequest { revision: 0 })
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unimplemented
+    // HashKV digests the plaintext keyspace: stable for the same state, FutureRev above it.
+    let h1 = m
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let h2 = m
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h1.hash, h2.hash);
+    let current = h1.header.as_ref().map_or(0, |h| h.revision);
+    assert_eq!(h1.hash_revision, current);
+    assert_status(
+        m.hash_kv(HashKvRequest {
+            revision: current + 100,
+        })
+        .await
+        .unwrap_err(),
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
     );
 
     // Alarms: NOSPACE refuses puts (and txns with puts) until disarmed; deletes still work.
