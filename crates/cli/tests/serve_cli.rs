@@ -264,3 +264,41 @@ fn bad_listen_url_and_busy_port() {
     assert_eq!(code, Some(1));
     assert!(log.contains("address already in use"), "{log}");
 }
+
+/// Watch streams never end on their own: without ending them at shutdown, a SIGTERM would wait
+/// out the whole drain timeout (10 s) while any client is watching.
+#[test]
+fn sigterm_ends_open_watch_streams_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config_home = dir.path().join("config");
+    let data_arg = data.to_str().unwrap().to_owned();
+    let mut s = Serve::start(
+        &["--data-dir", &data_arg],
+        &[("XDG_CONFIG_HOME", &config_home)],
+    );
+    assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+    let log = s.log();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("ready to serve client requests"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
+        .expect("listen address in the log");
+    let mut watcher = Command::new("etcdctl")
+        .args(["--endpoints", &addr, "watch", "--prefix", "/registry/"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl (Debian's etcd-client) must be installed");
+    std::thread::sleep(Duration::from_millis(800));
+    let (status, took) = s.terminate();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(status.success(), "{}", s.log());
+    assert!(
+        took < Duration::from_secs(5),
+        "stop with an open watch took {took:?}"
+    );
+}

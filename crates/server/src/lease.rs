@@ -111,7 +111,7 @@ impl<B: Backend> Lease for LeaseService<B> {
             shared.stamp(&mut resp.header);
             Ok(resp)
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(Box::pin(self.shared.until_stopped(out))))
     }
 
     #[instrument(skip_all, name = "lease.time_to_live")]

@@ -238,6 +238,8 @@ where
         }
         () = &mut shutdown => {
             info!("shutting down: no new connections; draining open requests");
+            // End Watch and LeaseKeepAlive streams, then stop the listeners and drain.
+            shared.stop();
             // Receivers are alive as long as the servers are.
             let _ = stop_tx.send(true);
         }

@@ -16,6 +16,9 @@ pub struct Shared {
     /// The configuration the server was started with.
     pub config: ServerConfig,
     alarms: Mutex<Vec<AlarmMember>>,
+    /// Set once shutdown begins: long-lived streams (Watch, LeaseKeepAlive) end on it, so a
+    /// graceful stop does not wait for clients that would never hang up.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -24,6 +27,24 @@ impl Shared {
         Arc::new(Shared {
             config,
             alarms: Mutex::new(Vec::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Starts shutdown: every stream wrapped by [`Shared::until_stopped`] ends.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// `stream`, ended early once shutdown begins.
+    pub fn until_stopped<S: futures::Stream>(
+        &self,
+        stream: S,
+    ) -> impl futures::Stream<Item = S::Item> {
+        let mut stopping = self.stopping.subscribe();
+        futures::StreamExt::take_until(stream, async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = stopping.wait_for(|s| *s).await;
         })
     }
 

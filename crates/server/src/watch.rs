@@ -236,7 +236,7 @@ impl Watch for WatchService {
             tokio_stream::wrappers::ReceiverStream::new(rx),
             move |n| futures::stream::iter(responses(&shared, n, limit)),
         );
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(Box::pin(self.shared.until_stopped(out))))
     }
 }
 
