@@ -152,7 +152,7 @@ pub(crate) fn put_meta_i64(
     Ok(())
 }
 
-fn get_meta_i64(
+pub(crate) fn get_meta_i64(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &str,
 ) -> Result<Option<i64>, Error> {
@@ -227,6 +227,32 @@ impl EmbeddedStore {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| Error::Engine(format!("sync {}: {e}", data_dir.display())))?;
         }
+
+        // Replay what the write-ahead log holds beyond the last durable engine commit.
+        let wal = {
+            let checkpoint = {
+                let rtxn = db.begin_read().map_err(engine_err("begin read"))?;
+                match rtxn.open_table(META) {
+                    Ok(meta) => get_meta_i64(&meta, "wal_checkpoint_seq")?.unwrap_or(0),
+                    Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                    Err(e) => return Err(Error::Engine(format!("open meta: {e}"))),
+                }
+            };
+            let (mut wal, replay) =
+                crate::wal::Wal::open(data_dir, u64::try_from(checkpoint).unwrap_or(0))?;
+            if !replay.is_empty() {
+                let mut wtxn = db.begin_write().map_err(engine_err("begin write"))?;
+                wtxn.set_durability(redb::Durability::Immediate)
+                    .map_err(engine_err("durability"))?;
+                crate::wal::apply(&wtxn, &replay)?;
+                crate::wal::mark_checkpoint(&wtxn, wal.last_seq())?;
+                wtxn.commit()
+                    .map_err(engine_err("commit the replayed log"))?;
+                tracing::info!(entries = replay.len(), "replayed the write-ahead log");
+            }
+            wal.reset();
+            wal
+        };
 
         // Create the tables and identities on first start.
         let (cluster_id, member_id, current, scheduled, finished) = {
@@ -377,7 +403,7 @@ impl EmbeddedStore {
             }),
         );
         let (tx, rx) = mpsc::channel();
-        let w = Writer::new(Arc::clone(&shared), rx, resume, Arc::clone(&hub));
+        let w = Writer::new(Arc::clone(&shared), rx, resume, Arc::clone(&hub), wal);
         let handle = std::thread::Builder::new()
             .name("coffer-store-writer".into())
             .spawn(move || w.run())

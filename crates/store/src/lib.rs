@@ -25,6 +25,7 @@ pub mod lease;
 pub mod range;
 pub mod record;
 pub mod sealer;
+mod wal;
 pub mod watch;
 pub mod writer;
 

@@ -12,6 +12,7 @@
 //!
 //! Physical compaction runs here too, in batches folded into the following commits.
 
+use crate::wal::WalOp;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -268,6 +269,8 @@ pub(crate) struct Writer {
     hub: Arc<WatchHub>,
     rx: Receiver<Command>,
     compaction: CompactionWork,
+    /// The write-ahead log each group is made durable in before its (unsynced) engine commit.
+    wal: std::cell::RefCell<crate::wal::Wal>,
 }
 
 impl Writer {
@@ -277,6 +280,7 @@ impl Writer {
         rx: Receiver<Command>,
         resume: Option<(i64, Vec<Rev>)>,
         hub: Arc<WatchHub>,
+        wal: crate::wal::Wal,
     ) -> Self {
         let (target, queue, unfinished) = match resume {
             Some((t, q)) => (t, q.into(), true),
@@ -292,6 +296,7 @@ impl Writer {
                 unfinished,
                 waiters: Vec::new(),
             },
+            wal: std::cell::RefCell::new(wal),
         }
     }
 
@@ -380,7 +385,7 @@ impl Writer {
             t.insert(id, lease::encode(ttl, ttl.saturating_mul(1000)).as_slice())
                 .map_err(engine_err("write lease"))?;
         }
-        wtxn.commit().map_err(engine_err("commit"))?;
+        self.commit_checkpoint(wtxn)?;
         self.shared.leases().map.insert(
             id,
             lease::Lease {
@@ -425,11 +430,21 @@ impl Writer {
                         .map_err(engine_err("write lease"))?;
                 }
             }
-            wtxn.commit().map_err(engine_err("commit"))
+            self.commit_checkpoint(wtxn)
         })();
         if let Err(e) = res {
             tracing::warn!(error = %e, leases = rows.len(), "lease checkpoint failed");
         }
+    }
+
+    /// Commits `wtxn` durably as a log checkpoint: it covers every entry appended so far (each
+    /// was committed to the engine after its append), so the log starts again.
+    fn commit_checkpoint(&self, wtxn: redb::WriteTransaction) -> Result<(), Error> {
+        let mut wal = self.wal.borrow_mut();
+        crate::wal::mark_checkpoint(&wtxn, wal.last_seq())?;
+        wtxn.commit().map_err(engine_err("commit"))?;
+        wal.reset();
+        Ok(())
     }
 
     fn status(&self) -> Result<StoreStatus, Error> {
@@ -533,6 +548,7 @@ impl Writer {
                 db_size: shared.db_size.load(AtomicOrdering::Relaxed),
                 want_events,
                 revoked: None,
+                wal_ops: Vec::new(),
             };
             while let Some(cmd) = pending.front() {
                 if !cmd.is_write() || g.answers.len() >= MAX_GROUP {
@@ -568,11 +584,14 @@ impl Writer {
                 if let Err(e) = g.table.remove(rev.to_key().as_slice()) {
                     g.poisoned = Some(format!("compaction delete: {e}"));
                 }
+                g.wal_ops
+                    .push(crate::wal::WalOp::DelRecord(rev.to_key().to_vec()));
                 deleted += 1;
             }
             g.finish()
         };
         let GroupOutcome {
+            mut wal_ops,
             mutations,
             answers,
             events,
@@ -600,7 +619,19 @@ impl Writer {
             }
             None => wtxn_meta(wtxn, cur, scheduled, finished)
                 .and_then(|w| remove_lease(w, revoked))
-                .and_then(|w| w.commit().map_err(|e| format!("commit: {e}"))),
+                .and_then(|w| {
+                    wal_ops.push(WalOp::Meta("current_revision".into(), cur));
+                    if let Some(at) = scheduled {
+                        wal_ops.push(WalOp::Meta("scheduled_compact_revision".into(), at));
+                    }
+                    if let Some(at) = finished {
+                        wal_ops.push(WalOp::Meta("finished_compact_revision".into(), at));
+                    }
+                    if let Some(id) = revoked {
+                        wal_ops.push(WalOp::DelLease(id));
+                    }
+                    self.commit_group(w, &wal_ops)
+                }),
         };
         match result {
             Ok(()) => {
@@ -708,7 +739,26 @@ fn wtxn_meta(
     Ok(wtxn)
 }
 
+/// Commits a group: appended to the log and synced there, then committed to the engine
+/// without a sync; or, when the log wants a checkpoint or is full, committed durably.
+impl Writer {
+    fn commit_group(&self, mut w: redb::WriteTransaction, ops: &[WalOp]) -> Result<(), String> {
+        let logged = {
+            let mut wal = self.wal.borrow_mut();
+            !wal.wants_checkpoint() && wal.append(ops).map_err(|e| e.to_string())?
+        };
+        if logged {
+            w.set_durability(redb::Durability::None)
+                .map_err(|e| format!("durability: {e}"))?;
+            w.commit().map_err(|e| format!("commit: {e}"))
+        } else {
+            self.commit_checkpoint(w).map_err(|e| e.to_string())
+        }
+    }
+}
+
 struct GroupOutcome {
+    wal_ops: Vec<WalOp>,
     revoked: Option<i64>,
     mutations: Vec<Mutation>,
     answers: Vec<Answer>,
@@ -742,11 +792,14 @@ struct Group<'a, 't> {
     want_events: bool,
     /// A lease revoked by this group (it is then the group's only request).
     revoked: Option<i64>,
+    /// The group's engine mutations, for the write-ahead log.
+    wal_ops: Vec<WalOp>,
 }
 
 impl Group<'_, '_> {
     fn finish(self) -> GroupOutcome {
         GroupOutcome {
+            wal_ops: self.wal_ops,
             mutations: self.mutations,
             answers: self.answers,
             events: self.events,
@@ -898,6 +951,8 @@ impl Group<'_, '_> {
                 self.poisoned = Some(msg.clone());
                 return Err(Error::Engine(msg));
             }
+            self.wal_ops
+                .push(WalOp::PutRecord(rev.to_key().to_vec(), buf.clone()));
             if want_events {
                 events.push(self.event(&w)?);
             }
