@@ -14,7 +14,7 @@
 //! Replaying an entry whose effects redb already holds is harmless: every operation sets or
 //! removes one row to a fixed value.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -309,19 +309,11 @@ fn decode_ops(mut b: &[u8]) -> Option<Vec<WalOp>> {
     Some(ops)
 }
 
-/// Removes the log (tests and `snapshot restore` build fresh directories).
-#[allow(dead_code)]
-pub(crate) fn remove(dir: &Path) -> std::io::Result<()> {
-    match fs::remove_file(dir.join(WAL_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn ops(i: u8) -> Vec<WalOp> {
         vec![
