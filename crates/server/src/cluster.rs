@@ -83,6 +83,18 @@ fn valid_peer_url(url: &str) -> bool {
     }
 }
 
+impl<B: Backend> ClusterService<B> {
+    /// The store's current revision, for response headers.
+    async fn revision(&self) -> Result<i64, Status> {
+        Ok(self
+            .backend
+            .status()
+            .await
+            .map_err(ServerError::from)?
+            .revision)
+    }
+}
+
 #[tonic::async_trait]
 impl<B: Backend> Cluster for ClusterService<B> {
     #[instrument(skip_all, name = "cluster.member_add")]
@@ -126,12 +138,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
             "peer URLs updated (kept in memory)"
         );
         *self.peer_urls.lock().unwrap_or_else(|p| p.into_inner()) = req.peer_ur_ls;
-        let revision = self
-            .backend
-            .status()
-            .await
-            .map_err(ServerError::from)?
-            .revision;
+        let revision = self.revision().await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.shared.header(revision)),
             members: self.members(),
@@ -143,12 +150,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         _request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let revision = self
-            .backend
-            .status()
-            .await
-            .map_err(ServerError::from)?
-            .revision;
+        let revision = self.revision().await?;
         Ok(Response::new(MemberListResponse {
             header: Some(self.shared.header(revision)),
             members: self.members(),
