@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use coffer_proto::{
-    kv_server::Kv, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    kv_server::Kv, AlarmMember, AlarmType, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
 };
-use coffer_store::Backend;
+use coffer_store::{AlarmChange, Backend};
 use tonic::{Request, Response, Status};
-use tracing::{debug, instrument, warn};
+use tracing::{debug, error, instrument, warn};
 
 use crate::errors::ServerError;
 use crate::state::Shared;
@@ -26,20 +26,32 @@ pub struct KvService<B> {
     shared: Arc<Shared>,
 }
 
-impl<B> KvService<B> {
+impl<B: Backend> KvService<B> {
     /// A KV service answering from `backend`.
     pub fn new(backend: Arc<B>, shared: Arc<Shared>) -> Self {
         KvService { backend, shared }
     }
 
-    /// Maps a store error of a write; a write over the quota raises the NOSPACE alarm, as
-    /// etcd does, so later writes are refused until an operator disarms it.
-    fn failed(&self, err: coffer_store::Error) -> ServerError {
+    /// Maps a store error of a write; a write over the quota raises the NOSPACE alarm (durably,
+    /// as etcd does), so later writes are refused until an operator disarms it.
+    async fn failed(&self, err: coffer_store::Error) -> ServerError {
         let err = ServerError::from(err);
-        if matches!(err, ServerError::NoSpace) && !self.shared.no_space() {
+        if matches!(err, ServerError::NoSpace) && !self.backend.no_space() {
             let member_id = self.shared.config.member_id;
-            self.shared.activate(member_id, AlarmType::Nospace);
-            warn!(member_id, "backend quota exceeded: NOSPACE alarm raised");
+            let alarm = AlarmMember {
+                member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            match self
+                .backend
+                .change_alarm(AlarmChange::Activate(alarm))
+                .await
+            {
+                Ok(_) => warn!(member_id, "backend quota exceeded: NOSPACE alarm raised"),
+                Err(e) => {
+                    error!(member_id, error = %e, "backend quota exceeded, but the NOSPACE alarm could not be saved")
+                }
+            }
         }
         err
     }
@@ -81,10 +93,13 @@ impl<B: Backend> Kv for KvService<B> {
         );
         validate::put(&req)?;
         validate::request_size(&req, self.shared.config.max_request_bytes)?;
-        if self.shared.no_space() {
+        if self.backend.no_space() {
             return Err(ServerError::NoSpace.into());
         }
-        let mut resp = self.backend.put(req).await.map_err(|e| self.failed(e))?;
+        let mut resp = match self.backend.put(req).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.failed(e).await.into()),
+        };
         self.shared.stamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -125,10 +140,13 @@ impl<B: Backend> Kv for KvService<B> {
         if !validate::txn_is_read_only(&req) {
             validate::request_size(&req, self.shared.config.max_request_bytes)?;
         }
-        if self.shared.no_space() && validate::txn_has_put(&req) {
+        if self.backend.no_space() && validate::txn_has_put(&req) {
             return Err(ServerError::NoSpace.into());
         }
-        let mut resp = self.backend.txn(req).await.map_err(|e| self.failed(e))?;
+        let mut resp = match self.backend.txn(req).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.failed(e).await.into()),
+        };
         self.shared.stamp(&mut resp.header);
         debug!(succeeded = resp.succeeded, "txn done");
         Ok(Response::new(resp))

@@ -66,7 +66,7 @@ impl<B: Backend> Lease for LeaseService<B> {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = request.into_inner();
         debug!(ttl = req.ttl, id = req.id, "lease grant");
-        if self.shared.no_space() {
+        if self.backend.no_space() {
             return Err(ServerError::NoSpace.into());
         }
         let mut resp = self

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use coffer_proto::{
     alarm_request::AlarmAction, downgrade_request::DowngradeAction,
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
-    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
-    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+    DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
-use coffer_store::Backend;
+use coffer_store::{AlarmChange, Backend};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
@@ -81,15 +81,27 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
     ) -> Result<Response<AlarmResponse>, Status> {
         let req = request.into_inner();
         let alarm = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
+        let member = AlarmMember {
+            member_id: req.member_id,
+            alarm: alarm as i32,
+        };
         let alarms = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Get) => self.shared.alarm_list(alarm),
+            Ok(AlarmAction::Get) => self
+                .backend
+                .alarms()
+                .into_iter()
+                .filter(|a| alarm == AlarmType::None || a.alarm == alarm as i32)
+                .collect(),
             Ok(AlarmAction::Activate) => {
                 info!(
                     member_id = req.member_id,
                     alarm = req.alarm,
                     "alarm activated"
                 );
-                vec![self.shared.activate(req.member_id, alarm)]
+                self.backend
+                    .change_alarm(AlarmChange::Activate(member))
+                    .await
+                    .map_err(ServerError::from)?
             }
             Ok(AlarmAction::Deactivate) => {
                 info!(
@@ -97,10 +109,10 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
                     alarm = req.alarm,
                     "alarm deactivated"
                 );
-                self.shared
-                    .deactivate(req.member_id, alarm)
-                    .into_iter()
-                    .collect()
+                self.backend
+                    .change_alarm(AlarmChange::Deactivate(member))
+                    .await
+                    .map_err(ServerError::from)?
             }
             // etcd ignores unknown actions and answers an empty response.
             Err(_) => Vec::new(),
@@ -125,8 +137,8 @@ impl<B: Backend + Defragment> Maintenance for MaintenanceService<B> {
         let st = self.backend.status().await.map_err(ServerError::from)?;
         let member_id = self.shared.config.member_id;
         let errors = self
-            .shared
-            .alarm_list(AlarmType::None)
+            .backend
+            .alarms()
             .iter()
             .map(|a| alarm_text(a.member_id, a.alarm))
             .collect();

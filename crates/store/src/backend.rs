@@ -77,6 +77,22 @@ pub trait Backend: Send + Sync + 'static {
         let _ = id;
         None
     }
+    /// The active alarms (etcd's `Alarm` GET with no filter).
+    fn alarms(&self) -> Vec<coffer_proto::AlarmMember> {
+        Vec::new()
+    }
+    /// Raises or clears an alarm, durably; answers what etcd's `Alarm` answers.
+    fn change_alarm(
+        &self,
+        change: crate::AlarmChange,
+    ) -> impl Future<Output = Result<Vec<coffer_proto::AlarmMember>, Error>> + Send {
+        let _ = change;
+        async { Err(Error::Engine("this backend has no alarms".into())) }
+    }
+    /// Whether the NOSPACE alarm is active: puts, txns with puts and lease grants are refused.
+    fn no_space(&self) -> bool {
+        crate::alarm::no_space(&self.alarms())
+    }
     /// Every lease id, soonest expiry first.
     fn lease_ids(&self) -> Vec<i64> {
         Vec::new()
@@ -138,6 +154,15 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn lease_ids(&self) -> Vec<i64> {
         (**self).lease_ids()
+    }
+    fn alarms(&self) -> Vec<coffer_proto::AlarmMember> {
+        (**self).alarms()
+    }
+    fn change_alarm(
+        &self,
+        change: crate::AlarmChange,
+    ) -> impl Future<Output = Result<Vec<coffer_proto::AlarmMember>, Error>> + Send {
+        (**self).change_alarm(change)
     }
     fn revision_now(&self) -> Option<i64> {
         (**self).revision_now()

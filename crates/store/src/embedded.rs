@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     pub(crate) commits: AtomicU64,
     pub(crate) stopped: AtomicBool,
     leases: Mutex<Leases>,
+    /// Active alarms, as persisted in `meta` ([`crate::alarm`]).
+    alarms: Mutex<Vec<coffer_proto::AlarmMember>>,
 }
 
 impl Shared {
@@ -110,6 +112,12 @@ impl Shared {
     pub(crate) fn leases(&self) -> MutexGuard<'_, Leases> {
         // Updates are single map operations; a poisoned set is still consistent.
         self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The alarm list (changed only by the writer thread, after its durable commit).
+    pub(crate) fn alarms(&self) -> MutexGuard<'_, Vec<coffer_proto::AlarmMember>> {
+        // Updates replace or push whole entries; a poisoned list is still consistent.
+        self.alarms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn read_db(&self) -> RwLockReadGuard<'_, Database> {
@@ -255,7 +263,7 @@ impl EmbeddedStore {
         };
 
         // Create the tables and identities on first start.
-        let (cluster_id, member_id, current, scheduled, finished) = {
+        let (cluster_id, member_id, current, scheduled, finished, alarms) = {
             let mut wtxn = db.begin_write().map_err(engine_err("begin write"))?;
             wtxn.set_durability(redb::Durability::Immediate)
                 .map_err(engine_err("durability"))?;
@@ -293,6 +301,13 @@ impl EmbeddedStore {
                     get_meta_i64(&meta, "current_revision")?.unwrap_or(1),
                     get_meta_i64(&meta, "scheduled_compact_revision")?,
                     get_meta_i64(&meta, "finished_compact_revision")?,
+                    match meta
+                        .get(crate::alarm::META_KEY)
+                        .map_err(engine_err("read meta"))?
+                    {
+                        Some(g) => crate::alarm::decode(g.value())?,
+                        None => Vec::new(),
+                    },
                 );
             }
             wtxn.commit().map_err(engine_err("commit"))?;
@@ -393,6 +408,7 @@ impl EmbeddedStore {
             commits: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             leases: Mutex::new(leases),
+            alarms: Mutex::new(alarms),
         });
         shared.refresh_size();
         let current = shared.read_index().current;
@@ -719,6 +735,17 @@ impl Backend for EmbeddedStore {
 
     fn lease_status(&self, id: i64) -> Option<LeaseStatus> {
         self.shared.leases().status(id, Instant::now())
+    }
+
+    fn alarms(&self) -> Vec<coffer_proto::AlarmMember> {
+        self.shared.alarms().clone()
+    }
+
+    async fn change_alarm(
+        &self,
+        change: crate::AlarmChange,
+    ) -> Result<Vec<coffer_proto::AlarmMember>, Error> {
+        self.call(|tx| Command::Alarm(change, tx)).await
     }
 
     fn lease_ids(&self) -> Vec<i64> {

@@ -239,11 +239,19 @@ impl Index {
         }
     }
 
-    /// Logical compaction at `at`: forgets every revision no read at `at` or later can see and
-    /// returns the revisions whose records may be deleted.
+    /// Compaction at `at`: forgets every revision that neither a read at `at` or later nor a
+    /// watch starting at `at` needs, and returns the revisions whose records may be deleted.
+    ///
+    /// A watch may start at exactly the compacted revision, so revision `at`'s own events must
+    /// survive, tombstones included, with the versions they replaced (their `prev_kv`). etcd
+    /// drops a tombstone at the compacted revision, and a watch opened there misses that DELETE
+    /// (etcd-io/etcd#19179). Here the records are kept as a compaction at `at - 1` would keep
+    /// them, while reads and watches below `at` are still refused: one extra version per key
+    /// changed at `at`, deleted by the next compaction.
     pub fn compact(&mut self, at: i64) -> Vec<Rev> {
         let mut removed = Vec::new();
-        self.keys.retain(|_, h| !h.compact(at, &mut removed));
+        let keep_from = at - 1;
+        self.keys.retain(|_, h| !h.compact(keep_from, &mut removed));
         removed.sort_unstable();
         removed
     }
@@ -300,11 +308,18 @@ mod tests {
         del(&mut ix, "b", 4);
         let removed = ix.compact(4);
         let mains: Vec<i64> = removed.iter().map(|r| r.main).collect();
-        // a@2 (superseded by a@3 <= 4), b@2 and its tombstone b@4.
-        assert_eq!(mains, vec![2, 2, 4]);
+        // a@2 only (superseded by a@3 <= 3). b's tombstone at 4 and the b@2 it replaced stay
+        // for a watch that starts at 4 (etcd-io/etcd#19179).
+        assert_eq!(mains, vec![2]);
         let e = ix.get(b"a", 4).unwrap();
         assert_eq!((e.rev.main, e.version), (3, 2));
         assert_eq!(ix.get(b"a", 5).unwrap().version, 3);
+        assert_eq!(ix.get(b"b", 3).unwrap().rev.main, 2);
+        assert_eq!(ix.key_count(), 2);
+        // The next compaction takes them; a@3 stays as the version a@5 replaced.
+        let mains: Vec<i64> = ix.compact(5).iter().map(|r| r.main).collect();
+        assert_eq!(mains, vec![2, 4]);
+        assert_eq!(ix.get(b"a", 4).unwrap().rev.main, 3);
         assert_eq!(ix.key_count(), 1);
     }
 

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alarm;
 pub mod backend;
 pub mod embedded;
 pub mod error;
@@ -29,6 +30,7 @@ mod wal;
 pub mod watch;
 pub mod writer;
 
+pub use alarm::AlarmChange;
 pub use backend::{Backend, StoreStatus};
 pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_QUOTA_BYTES};
 pub use error::Error;

@@ -104,6 +104,8 @@ pub(crate) enum Command {
     LeaseRevoke(i64, Reply<LeaseRevokeResponse>),
     /// Persist every lease's remaining TTL.
     LeaseCheckpoint,
+    /// Raise or clear an alarm; durable before it is answered.
+    Alarm(crate::AlarmChange, Reply<Vec<coffer_proto::AlarmMember>>),
     Shutdown,
 }
 
@@ -130,6 +132,7 @@ impl Command {
             Command::Defragment(r) => drop(r.send(Err(err()))),
             Command::LeaseGrant(_, r) => drop(r.send(Err(err()))),
             Command::LeaseRevoke(_, r) => drop(r.send(Err(err()))),
+            Command::Alarm(_, r) => drop(r.send(Err(err()))),
             Command::LeaseCheckpoint | Command::Shutdown => {}
         }
     }
@@ -336,6 +339,7 @@ impl Writer {
                     Some(Command::Defragment(reply)) => drop(reply.send(self.defragment())),
                     Some(Command::LeaseGrant(req, reply)) => drop(reply.send(self.grant(req))),
                     Some(Command::LeaseCheckpoint) => self.checkpoint(),
+                    Some(Command::Alarm(change, reply)) => drop(reply.send(self.alarm(change))),
                     Some(Command::Shutdown) => {
                         self.checkpoint();
                         break;
@@ -400,6 +404,33 @@ impl Writer {
             ttl,
             error: String::new(),
         })
+    }
+
+    /// Raises or clears an alarm: the new list is durable before memory and the caller see it.
+    fn alarm(&self, change: crate::AlarmChange) -> Result<Vec<coffer_proto::AlarmMember>, Error> {
+        let mut list = self.shared.alarms().clone();
+        let answer = crate::alarm::apply(&mut list, change);
+        if list == *self.shared.alarms() {
+            return Ok(answer);
+        }
+        let mut wtxn = self
+            .shared
+            .read_db()
+            .begin_write()
+            .map_err(engine_err("begin write"))?;
+        wtxn.set_durability(redb::Durability::Immediate)
+            .map_err(engine_err("durability"))?;
+        {
+            let mut meta = wtxn.open_table(META).map_err(engine_err("open meta"))?;
+            meta.insert(
+                crate::alarm::META_KEY,
+                crate::alarm::encode(&list).as_slice(),
+            )
+            .map_err(engine_err("write alarms"))?;
+        }
+        self.commit_checkpoint(wtxn)?;
+        *self.shared.alarms() = list;
+        Ok(answer)
     }
 
     /// Persists every lease's remaining TTL (logged, not fatal, on failure).
