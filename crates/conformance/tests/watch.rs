@@ -52,6 +52,25 @@ const EXPECTED: &[Expected] = &[
                 "fragment": false, "revision": 5, "watch_id": -1}])
         },
     ),
+    (
+        "create at compaction",
+        "etcd-io/etcd#19179 family: etcd's compaction at R drops the versions that revision R's \
+         events replaced, so a watch opened at R gets them without prev_kv (and loses a \
+         tombstone at R); Coffer keeps them until the next compaction",
+        || {
+            json!([{"cancel_reason":"","canceled":false,"compact_revision":0,"created":true,
+                "events":[],"fragment":false,"revision":5,"watch_id":4},
+                {"cancel_reason":"","canceled":false,"compact_revision":0,"created":false,
+                "events":[
+                    {"kv":{"create":2,"key":"/a/1","lease":0,"mod":4,"value":"y","version":2},
+                     "prev_kv":{"create":2,"key":"/a/1","lease":0,"mod":2,"value":"x","version":1},
+                     "type":0},
+                    {"kv":{"create":0,"key":"/a/1","lease":0,"mod":5,"value":"","version":0},
+                     "prev_kv":{"create":2,"key":"/a/1","lease":0,"mod":4,"value":"y","version":2},
+                     "type":1}],
+                "fragment":false,"revision":5,"watch_id":4}])
+        },
+    ),
 ];
 
 fn norm(r: &WatchResponse) -> Value {
