@@ -31,6 +31,9 @@ enum Command {
     Decrypt(cmd::decrypt::Args),
     /// [online] Load generator in the manner of etcd's benchmark tool.
     Bench(cmd::bench::Args),
+    /// [offline] Work with snapshot files (restore a data directory from one).
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Encrypt(args) => cmd::encrypt::run(args),
         Command::Decrypt(args) => cmd::decrypt::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Snapshot(args) => cmd::snapshot::run(args),
     };
     match result {
         Ok(code) => code,

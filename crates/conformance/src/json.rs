@@ -11,7 +11,7 @@ use coffer_proto::{
     compare, request_op, response_op, CompactionRequest, CompactionResponse, Compare,
     DeleteRangeRequest, DeleteRangeResponse, MemberListResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusResponse, TxnRequest,
-    TxnResponse,
+    TxnResponse, WatchCreateRequest, WatchResponse,
 };
 use serde_json::{json, Map, Value};
 
@@ -217,6 +217,44 @@ pub fn txn_response(t: &TxnResponse) -> Value {
 /// A CompactionResponse.
 pub fn compact_response(r: &CompactionResponse) -> Value {
     json!({"header": header(&r.header)})
+}
+
+/// A WatchCreateRequest (non-default fields only).
+pub fn watch_create_request(r: &WatchCreateRequest) -> Value {
+    let mut m = Map::new();
+    m.insert("key".into(), bytes(&r.key));
+    put_nonzero(&mut m, "range_end", bytes(&r.range_end));
+    put_nonzero(&mut m, "start_revision", r.start_revision.into());
+    put_nonzero(&mut m, "progress_notify", r.progress_notify.into());
+    put_nonzero(&mut m, "filters", json!(r.filters));
+    put_nonzero(&mut m, "prev_kv", r.prev_kv.into());
+    put_nonzero(&mut m, "watch_id", r.watch_id.into());
+    put_nonzero(&mut m, "fragment", r.fragment.into());
+    Value::Object(m)
+}
+
+/// A watch event: `PUT`/`DELETE`, the kv and the prev_kv (`null` when absent).
+pub fn watch_event(e: &coffer_proto::mvccpb::Event) -> Value {
+    let kind = match e.r#type {
+        0 => Value::from("PUT"),
+        1 => Value::from("DELETE"),
+        other => Value::from(other),
+    };
+    json!({"type": kind, "kv": opt_kv(&e.kv), "prev_kv": opt_kv(&e.prev_kv)})
+}
+
+/// A WatchResponse with every field (header reduced to its revision).
+pub fn watch_response(r: &WatchResponse) -> Value {
+    json!({
+        "header": header(&r.header),
+        "watch_id": r.watch_id,
+        "created": r.created,
+        "canceled": r.canceled,
+        "compact_revision": r.compact_revision,
+        "cancel_reason": r.cancel_reason,
+        "fragment": r.fragment,
+        "events": r.events.iter().map(watch_event).collect::<Vec<_>>(),
+    })
 }
 
 /// A StatusResponse with the fields two healthy single members share: sizes and raft indexes

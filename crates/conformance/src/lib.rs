@@ -1,11 +1,13 @@
 //! Harness for the tests that need real processes: starts Debian's `etcd` and `coffer serve` on
 //! loopback ports with fresh data directories ([`process`]), talks to both through a Rust gRPC
 //! client that records every answer as normalized JSON ([`client`], [`json`]) and through
-//! `etcdctl` ([`etcdctl`]), and compares the two transcripts ([`transcript`]).
+//! `etcdctl` ([`etcdctl`]), opens Watch streams ([`watch`]), and compares the two transcripts
+//! ([`transcript`], [`runner`]).
 //!
 //! The tests live in `tests/`: `side_by_side.rs` (every KV option, error string and etcdctl
-//! command on both servers), `kube_replay.rs` (what kube-apiserver sends), and the crash and
-//! on-disk marker tests. They need `etcd` and `etcdctl` (Debian's 3.4.23) on `$PATH` and a built
+//! command on both servers), `kube_replay.rs` (what kube-apiserver sends, its watch cache
+//! included), `watch.rs` and `lease.rs`, `soak.rs` (many writers and watchers, every event
+//! checked), and the crash and on-disk marker tests. They need `etcd` and `etcdctl` (Debian's 3.4.23) on `$PATH` and a built
 //! `coffer` binary (`cargo build -p coffer`, or `$COFFER_BIN`).
 
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ pub mod json;
 pub mod process;
 pub mod runner;
 pub mod transcript;
+pub mod watch;
 
 pub use process::{AnyServer, CofferOptions, CofferProcess, EtcdOptions, EtcdProcess, ServerKind};
 
@@ -90,6 +93,14 @@ pub enum HarnessError {
         server: ServerKind,
         /// How long we waited.
         waited: Duration,
+    },
+    /// A Watch stream could not be opened, or it ended or failed while a test used it.
+    #[error("watch stream at {endpoint}: {message}")]
+    Watch {
+        /// The endpoint.
+        endpoint: String,
+        /// What happened.
+        message: String,
     },
     /// A gRPC connection could not be made.
     #[error("cannot connect to {endpoint}: {message}")]

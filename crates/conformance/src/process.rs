@@ -587,6 +587,19 @@ impl AnyServer {
         })
     }
 
+    /// Starts a fresh server of the given kind with `extra_args` appended to its command line.
+    pub fn start_with(kind: ServerKind, extra_args: Vec<String>) -> Result<Self, HarnessError> {
+        Ok(match kind {
+            ServerKind::Etcd => {
+                AnyServer::Etcd(EtcdProcess::start_with(EtcdOptions { extra_args })?)
+            }
+            ServerKind::Coffer => AnyServer::Coffer(CofferProcess::start(CofferOptions {
+                extra_args,
+                ..Default::default()
+            })?),
+        })
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         match self {

@@ -21,9 +21,17 @@ pub fn server_under_test() -> ServerKind {
 
 /// Starts etcd and the server under test (in parallel).
 pub fn start_pair() -> Result<(AnyServer, AnyServer), String> {
+    start_pair_with(&[])
+}
+
+/// Like [`start_pair`], with `extra_args` appended to both servers' command lines (flags both
+/// accept, e.g. `--experimental-watch-progress-notify-interval=500ms`).
+pub fn start_pair_with(extra_args: &[&str]) -> Result<(AnyServer, AnyServer), String> {
+    let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
     let other_kind = server_under_test();
-    let other = std::thread::spawn(move || AnyServer::start(other_kind));
-    let etcd = AnyServer::start(ServerKind::Etcd).map_err(|e| e.to_string());
+    let other_args = args.clone();
+    let other = std::thread::spawn(move || AnyServer::start_with(other_kind, other_args));
+    let etcd = AnyServer::start_with(ServerKind::Etcd, args).map_err(|e| e.to_string());
     let other = other
         .join()
         .map_err(|_| "starting the server under test panicked".to_string())?
@@ -54,7 +62,21 @@ where
     F: Fn(Session) -> Fut,
     Fut: Future<Output = Session>,
 {
-    let (etcd, other) = start_pair()?;
+    side_by_side_with(name, expected, &[], scenario).await
+}
+
+/// Like [`side_by_side`], with `extra_args` given to both servers (see [`start_pair_with`]).
+pub async fn side_by_side_with<F, Fut>(
+    name: &str,
+    expected: &[ExpectedDifference],
+    extra_args: &[&str],
+    scenario: F,
+) -> Result<(), String>
+where
+    F: Fn(Session) -> Fut,
+    Fut: Future<Output = Session>,
+{
+    let (etcd, other) = start_pair_with(extra_args)?;
     let etcd_t = run_on(&etcd, &scenario).await?;
     let other_t = run_on(&other, &scenario).await?;
     let etcd_t = apply_expected(name, &etcd_t, expected)?;

@@ -107,18 +107,33 @@ pub struct KeyValue {
 /// A successful answer; `revision` is always the header revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Put { revision: i64 },
-    Range { revision: i64, kvs: Vec<KeyValue> },
-    Delete { revision: i64, deleted: i64 },
+    Put {
+        revision: i64,
+    },
+    Range {
+        revision: i64,
+        kvs: Vec<KeyValue>,
+    },
+    Delete {
+        revision: i64,
+        deleted: i64,
+    },
     Txn {
         revision: i64,
         succeeded: bool,
         /// One entry per op of the branch taken.
         results: Vec<TxnOpResult>,
     },
-    LeaseGrant { revision: i64, id: i64 },
-    LeaseRevoke { revision: i64 },
-    Compact { revision: i64 },
+    LeaseGrant {
+        revision: i64,
+        id: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+    },
+    Compact {
+        revision: i64,
+    },
 }
 
 /// The answer to one [`TxnOp`].

@@ -37,7 +37,7 @@ use tracing::info;
 
 pub use config::{ConfigError, ServerConfig, TlsConfig};
 pub use errors::ServerError;
-pub use maintenance::Defragment;
+pub use maintenance::{Defragment, SnapshotSource};
 
 /// The etcd version Coffer reports in `Maintenance.Status`: a 3.5 release at or above 3.5.13,
 /// whose RequestProgress behaviour Coffer implements (kube-apiserver gates on it). Coffer's own
@@ -139,7 +139,7 @@ pub async fn serve<B, F>(
     shutdown: F,
 ) -> Result<(), ServeError>
 where
-    B: Backend + Defragment,
+    B: Backend + Defragment + maintenance::SnapshotSource,
     F: Future<Output = ()>,
 {
     let listeners = bind(&config).await?;
@@ -154,7 +154,7 @@ pub async fn serve_on<B, F>(
     shutdown: F,
 ) -> Result<(), ServeError>
 where
-    B: Backend + Defragment,
+    B: Backend + Defragment + maintenance::SnapshotSource,
     F: Future<Output = ()>,
 {
     if config.tls.is_some() {

@@ -469,6 +469,20 @@ impl EmbeddedStore {
         self.shared.read_index().current
     }
 
+    /// A consistent snapshot in etcd's backend layout, values sealed ([`crate::snapshot`]),
+    /// built in a temporary file in the data directory and ready to stream. Blocks while the
+    /// file is written (call it off the async runtime); writes go on meanwhile.
+    pub fn snapshot(&self) -> Result<crate::snapshot::SnapshotFile, Error> {
+        let dir = self.shared.path.parent().unwrap_or(Path::new("."));
+        crate::snapshot::snapshot_file(&self.shared, dir)
+    }
+
+    /// Writes a snapshot ([`EmbeddedStore::snapshot`]) to a new file at `path` (0600), without
+    /// the trailing digest.
+    pub fn snapshot_to(&self, path: &Path) -> Result<crate::snapshot::SnapshotInfo, Error> {
+        crate::snapshot::write_to(&self.shared, path)
+    }
+
     /// Rewrites the engine file without free pages. Writes wait meanwhile; reads wait while the
     /// file is rewritten.
     pub async fn defragment(&self) -> Result<(), Error> {

@@ -26,6 +26,7 @@ pub mod lease;
 pub mod range;
 pub mod record;
 pub mod sealer;
+pub mod snapshot;
 mod wal;
 pub mod watch;
 pub mod writer;

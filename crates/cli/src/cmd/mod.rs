@@ -5,3 +5,4 @@ pub mod decrypt;
 pub mod encrypt;
 pub mod keygen;
 pub mod serve;
+pub mod snapshot;

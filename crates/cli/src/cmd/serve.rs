@@ -147,10 +147,10 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
 
 /// Flags resolved into paths and settings, checked for conflicts.
 #[derive(Debug)]
-struct Plan {
+pub(crate) struct Plan {
     name: String,
-    data_dir: PathBuf,
-    key_file: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) key_file: PathBuf,
     listen: Vec<String>,
     advertise: Vec<String>,
     max_request_bytes: usize,
@@ -162,7 +162,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn resolve(args: &Args) -> anyhow::Result<Plan> {
+    pub(crate) fn resolve(args: &Args) -> anyhow::Result<Plan> {
         if args.name.is_empty() {
             bail!("--name must not be empty (MemberList clients skip nameless members)");
         }
@@ -300,9 +300,9 @@ fn full_path(p: &Path) -> anyhow::Result<PathBuf> {
 
 /// What the data directory says about its key.
 #[derive(Debug, PartialEq, Eq)]
-struct Recorded {
-    fingerprint: String,
-    key_file: String,
+pub(crate) struct Recorded {
+    pub(crate) fingerprint: String,
+    pub(crate) key_file: String,
 }
 
 fn read_record(data_dir: &Path) -> anyhow::Result<Option<Recorded>> {
@@ -331,7 +331,7 @@ fn read_record(data_dir: &Path) -> anyhow::Result<Option<Recorded>> {
 }
 
 /// Writes the record atomically: temp file, fsync, rename, fsync of the directory.
-fn write_record(data_dir: &Path, rec: &Recorded) -> anyhow::Result<()> {
+pub(crate) fn write_record(data_dir: &Path, rec: &Recorded) -> anyhow::Result<()> {
     let path = data_dir.join(FINGERPRINT_FILE);
     let tmp = data_dir.join(format!("{FINGERPRINT_FILE}.tmp"));
     let ctx = || format!("cannot write {}", path.display());
@@ -419,7 +419,7 @@ fn default_key(plan: &Plan) -> anyhow::Result<DefaultKey> {
     }
 }
 
-fn build_keyspace(plan: &Plan, key: &DefaultKey) -> anyhow::Result<Keyspace> {
+pub(crate) fn build_keyspace(plan: &Plan, key: &DefaultKey) -> anyhow::Result<Keyspace> {
     let rng: Arc<dyn RandomSource> =
         Arc::new(SystemRandom::new().context("cannot seed the random number generator")?);
     let service = Arc::new(

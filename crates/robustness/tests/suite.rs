@@ -1,0 +1,121 @@
+//! The bounded robustness suite for CI: a few short runs against Coffer with fixed seeds
+//! (crashes and pauses, the quota alarm, a full disk), one run with a random seed (printed;
+//! set `ROBUSTNESS_SEED` to replay it), and one run against Debian's etcd 3.4.23, which must
+//! pass apart from its known bugs (`coffer_robustness::expected`).
+//!
+//! Needs a built `coffer` (`cargo build -p coffer`, or `$COFFER_BIN`), `etcd` on `$PATH`, and
+//! root for the full-disk run (it mounts a small tmpfs; without it that test fails saying so).
+//! The runs are serialized: each one measures a server on a quiet machine.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use coffer_conformance::ServerKind;
+use coffer_robustness::faults::FaultKind;
+use coffer_robustness::run::{run, RunConfig};
+
+/// One run at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn run_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("robustness-runs")
+}
+
+fn check(target: ServerKind, seed: u64, secs: u64, faults: &[FaultKind]) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = RunConfig::new(target, seed)
+        .with_faults(faults)
+        .with_duration(Duration::from_secs(secs));
+    cfg.run_dir = run_dir();
+    cfg.check_budget = Duration::from_secs(60);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = match rt.block_on(run(cfg.clone())) {
+        Ok(r) => r,
+        Err(e) => panic!(
+            "run {target} seed {seed} could not complete: {e}\nreplay: {}",
+            cfg.replay_command()
+        ),
+    };
+    eprintln!("{}", report.summary());
+    assert!(
+        report.operations > 500,
+        "too little traffic to mean anything: {} operations",
+        report.operations
+    );
+    assert!(
+        report.passed,
+        "robustness run {target} seed {seed} failed (summary above); replay: {}",
+        cfg.replay_command()
+    );
+    if faults.contains(&FaultKind::Kill) {
+        assert!(report.fault_stats.crashes > 0, "no crash was injected");
+    }
+}
+
+#[test]
+fn coffer_kill_pause_seed_1101() {
+    check(
+        ServerKind::Coffer,
+        1101,
+        25,
+        &[FaultKind::Kill, FaultKind::Pause],
+    );
+}
+
+#[test]
+fn coffer_kill_pause_seed_2202() {
+    check(
+        ServerKind::Coffer,
+        2202,
+        25,
+        &[FaultKind::Kill, FaultKind::Pause],
+    );
+}
+
+#[test]
+fn coffer_quota_alarm_seed_3303() {
+    check(ServerKind::Coffer, 3303, 15, &[FaultKind::Quota]);
+}
+
+#[test]
+fn coffer_full_disk_seed_4404() {
+    check(ServerKind::Coffer, 4404, 20, &[FaultKind::Disk]);
+}
+
+/// A new seed each time (printed, so a failure can be replayed with `ROBUSTNESS_SEED`).
+#[test]
+fn coffer_kill_pause_random_seed() {
+    let seed = match std::env::var("ROBUSTNESS_SEED") {
+        Ok(s) => s.trim().parse().expect("ROBUSTNESS_SEED must be a number"),
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            (t.as_nanos() % 1_000_000_000) as u64
+        }
+    };
+    eprintln!("coffer_kill_pause_random_seed: seed {seed} (replay: ROBUSTNESS_SEED={seed})");
+    check(
+        ServerKind::Coffer,
+        seed,
+        20,
+        &[FaultKind::Kill, FaultKind::Pause],
+    );
+}
+
+/// The suite checks itself: real etcd passes it, apart from its listed known bugs.
+#[test]
+fn etcd_kill_pause_seed_5505() {
+    check(
+        ServerKind::Etcd,
+        5505,
+        25,
+        &[FaultKind::Kill, FaultKind::Pause],
+    );
+}
