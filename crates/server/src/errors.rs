@@ -86,6 +86,11 @@ pub enum ServerError {
     /// A value could not be sealed. Details stay in the server log.
     #[error("coffer: a value could not be sealed (details in the server log)")]
     Unsealed,
+    /// The data directory's disk is full; writes are refused until space is freed.
+    #[error(
+        "coffer: no space left on the data directory's disk; writes resume once space is freed"
+    )]
+    DiskFull,
     /// The storage engine failed. Details stay in the server log.
     #[error("coffer: the storage engine failed (details in the server log)")]
     Engine,
@@ -110,7 +115,7 @@ impl ServerError {
                 Code::OutOfRange
             }
             ServerError::LeaseExist => Code::FailedPrecondition,
-            ServerError::NoSpace => Code::ResourceExhausted,
+            ServerError::NoSpace | ServerError::DiskFull => Code::ResourceExhausted,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             // etcd maps this one to a client-side error value without a gRPC status, so gRPC
             // sends it as UNKNOWN (observed on 3.4.23; same mapping in 3.5/3.6 source).
@@ -142,6 +147,14 @@ impl From<coffer_store::Error> for ServerError {
             E::FutureRev => ServerError::FutureRev,
             E::NoSpace => ServerError::NoSpace,
             E::Stopped => ServerError::Stopped,
+            E::DiskFull { available, needed } => {
+                tracing::error!(
+                    available,
+                    needed,
+                    "the data directory's disk is full: writes are refused until space is freed"
+                );
+                ServerError::DiskFull
+            }
             E::Open { .. } => {
                 // The store's message names the etcd key and the seal's reason, never a value.
                 tracing::error!(error = %err, "a stored value could not be opened");

@@ -88,7 +88,7 @@ pub(crate) struct Shared {
     /// Effective quota in bytes; <= 0 means none.
     pub(crate) quota: i64,
     pub(crate) compaction_batch: usize,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     pub(crate) db_size: AtomicI64,
     pub(crate) commits: AtomicU64,
     pub(crate) stopped: AtomicBool,

@@ -44,6 +44,19 @@ pub enum Error {
         /// What the seal said.
         reason: String,
     },
+    /// The data directory's file system has too little free space for a write: refused before
+    /// it touches the log or the engine, so nothing is half written and writes resume by
+    /// themselves once space is freed.
+    #[error(
+        "no space left on the data directory's disk: {available} bytes free, {needed} needed; \
+         writes resume once space is freed"
+    )]
+    DiskFull {
+        /// Bytes available to the server.
+        available: u64,
+        /// Bytes the store keeps free before it writes.
+        needed: u64,
+    },
     /// The storage engine failed (I/O, full disk, corruption).
     #[error("storage engine: {0}")]
     Engine(String),

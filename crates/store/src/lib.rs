@@ -19,6 +19,7 @@
 
 pub mod alarm;
 pub mod backend;
+pub mod disk;
 pub mod embedded;
 pub mod error;
 pub mod index;

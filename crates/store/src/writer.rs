@@ -367,6 +367,7 @@ impl Writer {
             return Err(Error::LeaseTtlTooLarge);
         }
         let ttl = req.ttl.max(lease::MIN_TTL);
+        crate::disk::check(self.dir())?;
         let id = {
             let mut leases = self.shared.leases();
             if req.id == 0 {
@@ -413,6 +414,7 @@ impl Writer {
         if list == *self.shared.alarms() {
             return Ok(answer);
         }
+        crate::disk::check(self.dir())?;
         let mut wtxn = self
             .shared
             .read_db()
@@ -444,6 +446,11 @@ impl Writer {
             .map(|(id, l)| (*id, l.ttl, lease::remaining_ms(l, now)))
             .collect();
         if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = crate::disk::check(self.dir()) {
+            // The remaining TTLs stay as last checkpointed; a later checkpoint catches up.
+            tracing::warn!(error = %e, "lease checkpoint skipped");
             return;
         }
         let res = (|| -> Result<(), Error> {
@@ -523,9 +530,35 @@ impl Writer {
         ))
     }
 
+    /// The data directory (for the full-disk guard).
+    fn dir(&self) -> &std::path::Path {
+        self.shared
+            .path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+    }
+
     /// Applies write commands from the front of `pending` as one durable group.
     fn run_group(&mut self, pending: &mut VecDeque<Command>) {
         let shared = Arc::clone(&self.shared);
+        if let Err(full) = crate::disk::check(self.dir()) {
+            if pending.is_empty() {
+                // Only compaction work was due: wait for space instead of spinning.
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            tracing::warn!(error = %full, "write refused");
+            let (available, needed) = match full {
+                Error::DiskFull { available, needed } => (available, needed),
+                _ => (0, crate::disk::RESERVE),
+            };
+            while pending.front().is_some_and(Command::is_write) {
+                if let Some(c) = pending.pop_front() {
+                    c.fail(|| Error::DiskFull { available, needed });
+                }
+            }
+            return;
+        }
         let wtxn = match shared.read_db().begin_write() {
             Ok(mut t) => {
                 if let Err(e) = t.set_durability(redb::Durability::Immediate) {

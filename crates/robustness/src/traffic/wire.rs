@@ -182,6 +182,10 @@ pub fn classify(status: &Status) -> Outcome {
         | Code::PermissionDenied
         | Code::Unauthenticated => Outcome::Failed(msg),
         Code::ResourceExhausted if is_nospace(&msg) => Outcome::Failed(msg),
+        // Coffer's full-disk guard refuses a write before it reaches the log or the engine.
+        Code::ResourceExhausted if msg.contains("no space left on the data directory's disk") => {
+            Outcome::Failed(msg)
+        }
         code => Outcome::Unknown(format!("{code:?}: {msg}")),
     }
 }

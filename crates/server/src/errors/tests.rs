@@ -105,9 +105,14 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             "etcdserver: lease already exists",
         ),
         ServerError::LeaseTtlTooLarge => (25, Code::OutOfRange, "etcdserver: too large lease TTL"),
+        ServerError::DiskFull => (
+            26,
+            Code::ResourceExhausted,
+            "coffer: no space left on the data directory's disk; writes resume once space is freed",
+        ),
     }
 }
-const VARIANTS: usize = 26;
+const VARIANTS: usize = 27;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -137,6 +142,7 @@ fn all() -> Vec<ServerError> {
         ServerError::InvalidSortOption,
         ServerError::LeaseExist,
         ServerError::LeaseTtlTooLarge,
+        ServerError::DiskFull,
     ]
 }
 
@@ -195,6 +201,14 @@ fn every_store_error_maps_to_the_right_etcd_error() {
             "etcdserver: mvcc: database space exceeded",
         ),
         (E::Stopped, Code::Unavailable, "etcdserver: server stopped"),
+        (
+            E::DiskFull {
+                available: 1,
+                needed: 2,
+            },
+            Code::ResourceExhausted,
+            "coffer: no space left on the data directory's disk; writes resume once space is freed",
+        ),
         (
             E::Open {
                 key: "/registry/secrets/default/s".into(),
