@@ -47,12 +47,16 @@ pub enum LogFormat {
 /// Flags of `coffer serve`.
 #[derive(Debug, clap::Args)]
 #[command(
-    long_about = "[online] Serve the etcd v3 gRPC API (KV, Maintenance, Cluster, health) from an \
+    long_about = "[online] Serve the etcd v3 gRPC API (KV, Watch, Lease, Maintenance with Snapshot, \
+Cluster, health) from an \
 embedded store in --data-dir. Every value is sealed before it reaches the disk, in \
 kube-apiserver's own formats: keys that a rule of --encryption-provider-config covers use that \
 rule's providers; every other key uses Coffer's default key (KMS v2 format), kept in \
 --default-key-file outside the data directory and created on first start.\n\n\
-Watch, Lease and Auth, TLS, Hash/HashKV and Snapshot are not served yet (UNIMPLEMENTED).",
+Snapshots (etcdctl snapshot save) are etcd's bbolt layout with the values still sealed; \
+`coffer snapshot restore` turns one back into a data directory. Writes are refused while the \
+NOSPACE alarm is active (--quota-backend-bytes) or the disk has less than 16 MiB free.\n\n\
+Auth and TLS are not served yet (Auth answers UNIMPLEMENTED).",
     after_help = "Examples:\n  coffer serve\n  coffer serve --name node1 --data-dir /var/lib/coffer \
 --listen-client-urls http://127.0.0.1:2379\n  coffer serve --encryption-provider-config /etc/kubernetes/enc.yaml"
 )]
