@@ -14,12 +14,19 @@
 //! compacted meanwhile, the watcher is cancelled with `compact_revision` (never skipped,
 //! etcd #17529). Every watcher remembers `next_rev`, the next revision it must deliver, and
 //! a revision below it is never sent again, so no event is duplicated. See `docs/watch.md`.
+//!
+//! The hub keeps the most recent revisions it was fed (at most [`RECENT_REVISIONS`] and
+//! [`RECENT_BYTES`]) in memory. A watcher that was synced and fell behind because its stream
+//! was full catches up from there while it can, like etcd's victims, instead of reading and
+//! decrypting the same revisions from history once per watcher. New watchers always read
+//! history first, so a start below the compacted revision is still cancelled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use coffer_proto::mvccpb::{event::EventType, Event};
+use prost::Message;
 use tokio::sync::{mpsc, Notify};
 
 use crate::writer::CommittedRevision;
@@ -27,6 +34,10 @@ use crate::Error;
 
 /// Most revisions one catch-up batch reads from history (etcd's cap too).
 pub const MAX_CATCH_UP_REVISIONS: i64 = 1000;
+/// Most recent revisions the hub keeps in memory for watchers that fell behind.
+pub const RECENT_REVISIONS: usize = 4096;
+/// Most bytes (encoded events) the recent revisions may take.
+pub const RECENT_BYTES: usize = 64 << 20;
 /// `cancel_reason` of a create whose range is empty.
 pub const REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 /// `cancel_reason` of a create with a negative start revision (etcd 3.4.38+/3.5.24+/3.6.6+).
@@ -161,13 +172,25 @@ struct Watcher {
     /// Its created response has been queued (events may follow).
     ready: bool,
     synced: bool,
+    /// It has been synced once, so its start was checked against compaction and it may catch
+    /// up from the recent revisions in memory.
+    memory_ok: bool,
     /// An event or notification went out since the last progress tick.
     sent_since_tick: bool,
+}
+
+/// One recent revision kept in memory.
+struct Recent {
+    revision: i64,
+    events: Vec<Arc<Event>>,
+    bytes: usize,
 }
 
 struct StreamSlot {
     out: mpsc::Sender<Notice>,
     wake: Arc<Notify>,
+    /// Keys of the stream's watchers, so its catch-up task looks only at them.
+    members: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -177,6 +200,85 @@ struct HubState {
     watchers: HashMap<u64, Watcher>,
     streams: HashMap<u64, StreamSlot>,
     next_key: u64,
+    /// Every revision in `recent_from ..= last` with events, in order.
+    recent: VecDeque<Recent>,
+    recent_from: i64,
+    recent_bytes: usize,
+}
+
+impl HubState {
+    /// Removes a watcher; returns whether it existed.
+    fn remove_watcher(&mut self, key: u64) -> bool {
+        let Some(w) = self.watchers.remove(&key) else {
+            return false;
+        };
+        if let Some(slot) = self.streams.get_mut(&w.stream) {
+            slot.members.retain(|k| *k != key);
+        }
+        true
+    }
+
+    /// Forgets the recent revisions: from now on they start after `revision`.
+    fn reset_recent(&mut self, revision: i64) {
+        self.recent.clear();
+        self.recent_bytes = 0;
+        self.recent_from = revision + 1;
+    }
+
+    /// Appends a revision fed to the hub, dropping the oldest beyond the limits.
+    fn push_recent(&mut self, revision: i64, events: &[Arc<Event>]) {
+        if revision != self.last + 1 {
+            // Revisions in between are unknown here.
+            self.reset_recent(revision - 1);
+        }
+        let bytes = events.iter().map(|e| e.encoded_len()).sum();
+        self.recent.push_back(Recent {
+            revision,
+            events: events.to_vec(),
+            bytes,
+        });
+        self.recent_bytes += bytes;
+        while self.recent.len() > RECENT_REVISIONS || self.recent_bytes > RECENT_BYTES {
+            let Some(old) = self.recent.pop_front() else {
+                break;
+            };
+            self.recent_bytes -= old.bytes;
+            self.recent_from = old.revision + 1;
+        }
+    }
+
+    /// A catch-up batch from memory: the events `spec` wants in revisions `from ..=` at most
+    /// `from + MAX_CATCH_UP_REVISIONS - 1`, if memory still holds all of them.
+    fn read_recent(&self, spec: &WatchSpec, from: i64) -> Option<Batch> {
+        if from < self.recent_from || from > self.last {
+            return None;
+        }
+        let through = (from + MAX_CATCH_UP_REVISIONS - 1).min(self.last);
+        let start = self.recent.partition_point(|r| r.revision < from);
+        let events = self
+            .recent
+            .iter()
+            .skip(start)
+            .take_while(|r| r.revision <= through)
+            .flat_map(|r| r.events.iter())
+            .filter(|e| spec.wants(e))
+            .cloned()
+            .collect();
+        Some(Batch {
+            events,
+            through,
+            current: self.last,
+        })
+    }
+}
+
+/// Events of a catch-up batch, whether from history or memory.
+struct Batch {
+    events: Vec<Arc<Event>>,
+    /// Last revision covered.
+    through: i64,
+    /// The revision for the response header.
+    current: i64,
 }
 
 /// The watch hub of one store.
@@ -200,6 +302,7 @@ impl WatchHub {
         Arc::new(WatchHub {
             state: Mutex::new(HubState {
                 last: current,
+                recent_from: current + 1,
                 ..Default::default()
             }),
             watchers: AtomicUsize::new(0),
@@ -232,16 +335,14 @@ impl WatchHub {
     /// then fall back to history. `current` is the store's revision after the group.
     pub fn committed(&self, revisions: Option<Vec<CommittedRevision>>, current: i64) {
         let mut st = self.lock();
-        let HubState {
-            last,
-            watchers,
-            streams,
-            ..
-        } = &mut *st;
+        let st = &mut *st;
         let mut dead = Vec::new();
         if let Some(revisions) = revisions {
             for rev in revisions {
                 let events: Vec<Arc<Event>> = rev.events.into_iter().map(Arc::new).collect();
+                let HubState {
+                    watchers, streams, ..
+                } = &mut *st;
                 for (key, w) in watchers.iter_mut() {
                     if !w.ready || !w.synced || rev.revision < w.next_rev {
                         continue;
@@ -278,25 +379,27 @@ impl WatchHub {
                         Err(mpsc::error::TrySendError::Closed(_)) => dead.push(*key),
                     }
                 }
-                *last = rev.revision;
+                st.push_recent(rev.revision, &events);
+                st.last = rev.revision;
             }
         }
-        if current > *last {
+        if current > st.last {
             // Revisions without collected events: whoever needs them reads history.
-            for w in watchers.values_mut() {
+            for w in st.watchers.values_mut() {
                 if w.synced && w.next_rev <= current {
                     w.synced = false;
-                    if let Some(slot) = streams.get(&w.stream) {
+                    if let Some(slot) = st.streams.get(&w.stream) {
                         slot.wake.notify_one();
                     }
                 }
             }
-            *last = current;
+            st.reset_recent(current);
+            st.last = current;
         }
         for key in dead {
-            watchers.remove(&key);
+            st.remove_watcher(key);
         }
-        self.watchers.store(watchers.len(), Ordering::Release);
+        self.watchers.store(st.watchers.len(), Ordering::Release);
     }
 
     /// Opens a stream with an output channel of `capacity` notices and starts its catch-up
@@ -314,6 +417,7 @@ impl WatchHub {
                 StreamSlot {
                     out: tx.clone(),
                     wake: Arc::clone(&wake),
+                    members: Vec::new(),
                 },
             );
             id
@@ -423,9 +527,13 @@ impl WatchStream {
                     next_rev,
                     ready: false,
                     synced: false,
+                    memory_ok: false,
                     sent_since_tick: false,
                 },
             );
+            if let Some(slot) = st.streams.get_mut(&self.id) {
+                slot.members.push(key);
+            }
             self.hub
                 .watchers
                 .store(st.watchers.len(), Ordering::Release);
@@ -469,7 +577,7 @@ impl WatchStream {
         };
         let (existed, revision) = {
             let mut st = self.hub.lock();
-            let existed = st.watchers.remove(&key).is_some();
+            let existed = st.remove_watcher(key);
             self.hub
                 .watchers
                 .store(st.watchers.len(), Ordering::Release);
@@ -558,6 +666,7 @@ struct Job {
     watch_id: i64,
     spec: Arc<WatchSpec>,
     next_rev: i64,
+    memory_ok: bool,
 }
 
 /// The stream's catch-up task: brings unsynced watchers up to the hub's revision from history.
@@ -568,6 +677,8 @@ async fn catch_up_loop(
     closed: Arc<AtomicBool>,
     out: mpsc::Sender<Notice>,
 ) {
+    // Where the next search for an unsynced watcher starts, so every watcher gets its turn.
+    let mut cursor = 0;
     loop {
         wake.notified().await;
         loop {
@@ -576,22 +687,39 @@ async fn catch_up_loop(
             }
             let job = {
                 let mut st = hub.lock();
-                let last = st.last;
+                let HubState {
+                    last,
+                    watchers,
+                    streams,
+                    ..
+                } = &mut *st;
+                let Some(slot) = streams.get(&stream) else {
+                    return;
+                };
+                let n = slot.members.len();
                 let mut job = None;
-                for (key, w) in st.watchers.iter_mut() {
-                    if w.stream != stream || !w.ready || w.synced {
+                for i in 0..n {
+                    let at = (cursor + i) % n;
+                    let key = slot.members[at];
+                    let Some(w) = watchers.get_mut(&key) else {
+                        continue;
+                    };
+                    if !w.ready || w.synced {
                         continue;
                     }
-                    if w.next_rev > last {
+                    if w.next_rev > *last {
                         w.synced = true;
+                        w.memory_ok = true;
                         continue;
                     }
                     job = Some(Job {
-                        key: *key,
+                        key,
                         watch_id: w.watch_id,
                         spec: Arc::clone(&w.spec),
                         next_rev: w.next_rev,
+                        memory_ok: w.memory_ok,
                     });
+                    cursor = at + 1;
                     break;
                 }
                 job
@@ -604,25 +732,27 @@ async fn catch_up_loop(
     }
 }
 
-/// Reads one batch of history for a watcher and queues it. Returns false when the client is
-/// gone.
+/// Reads one batch for a watcher (from the recent revisions in memory when it may and they
+/// cover it, else from history) and queues it. Returns false when the client is gone.
 async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job) -> bool {
-    let history = Arc::clone(&hub.history);
-    let spec = Arc::clone(&job.spec);
     let from = job.next_rev;
-    let read = tokio::task::spawn_blocking(move || {
-        history.read(&spec.key, &spec.range_end, from, MAX_CATCH_UP_REVISIONS)
-    })
-    .await
-    .unwrap_or_else(|e| Err(Error::Engine(format!("history reader failed: {e}"))));
+    let recent = if job.memory_ok {
+        hub.lock().read_recent(&job.spec, from)
+    } else {
+        None
+    };
+    let read = match recent {
+        Some(batch) => Ok(batch),
+        None => read_history(hub, &job.spec, from).await,
+    };
     let remove = |hub: &WatchHub| {
         let mut st = hub.lock();
-        st.watchers.remove(&job.key);
+        st.remove_watcher(job.key);
         hub.watchers.store(st.watchers.len(), Ordering::Release);
         st.last
     };
     match read {
-        Ok(HistoryRead::Compacted(at)) => {
+        Err(Caught::Compacted(at)) => {
             remove(hub);
             tracing::debug!(
                 watch_id = job.watch_id,
@@ -640,7 +770,7 @@ async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job)
             .await
             .is_ok()
         }
-        Err(e) => {
+        Err(Caught::Failed(e)) => {
             let revision = remove(hub);
             tracing::warn!(watch_id = job.watch_id, error = %e, "watch history read failed; cancelling the watcher");
             out.send(Notice::Canceled {
@@ -652,17 +782,11 @@ async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job)
             .await
             .is_ok()
         }
-        Ok(HistoryRead::Batch {
-            revisions,
+        Ok(Batch {
+            events,
             through,
             current,
         }) => {
-            let events: Vec<Arc<Event>> = revisions
-                .into_iter()
-                .flat_map(|r| r.events)
-                .filter(|e| job.spec.wants(e))
-                .map(Arc::new)
-                .collect();
             let sent = !events.is_empty();
             if sent {
                 // Still wanted? (cancelled meanwhile → drop the batch).
@@ -693,6 +817,7 @@ async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job)
                     w.sent_since_tick |= sent;
                     if w.next_rev > last {
                         w.synced = true;
+                        w.memory_ok = true;
                     }
                 }
             }
@@ -701,5 +826,206 @@ async fn catch_up_one(hub: &Arc<WatchHub>, out: &mpsc::Sender<Notice>, job: Job)
     }
 }
 
+/// Why a catch-up read gave no batch.
+enum Caught {
+    /// The revision needed is below the compacted revision.
+    Compacted(i64),
+    /// History could not be read.
+    Failed(Error),
+}
+
+/// One batch of history for `spec` from revision `from`, read off the async threads.
+async fn read_history(hub: &WatchHub, spec: &Arc<WatchSpec>, from: i64) -> Result<Batch, Caught> {
+    let history = Arc::clone(&hub.history);
+    let spec = Arc::clone(spec);
+    let read = tokio::task::spawn_blocking(move || {
+        history
+            .read(&spec.key, &spec.range_end, from, MAX_CATCH_UP_REVISIONS)
+            .map(|r| (r, spec))
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Engine(format!("history reader failed: {e}"))));
+    match read {
+        Ok((HistoryRead::Compacted(at), _)) => Err(Caught::Compacted(at)),
+        Ok((
+            HistoryRead::Batch {
+                revisions,
+                through,
+                current,
+            },
+            spec,
+        )) => Ok(Batch {
+            events: revisions
+                .into_iter()
+                .flat_map(|r| r.events)
+                .filter(|e| spec.wants(e))
+                .map(Arc::new)
+                .collect(),
+            through,
+            current,
+        }),
+        Err(e) => Err(Caught::Failed(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests;
+
+/// The recent revisions in memory: watchers that fell behind catch up from there without
+/// reading history; new watchers and revisions memory no longer holds still read history.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod recent_tests {
+    use super::*;
+    use coffer_proto::mvccpb::KeyValue;
+    use std::time::Duration;
+
+    /// TEST ONLY: history that counts reads and returns every requested revision up to
+    /// `current` with one PUT of key `k`.
+    #[derive(Default)]
+    struct CountingHistory {
+        reads: AtomicUsize,
+        current: std::sync::atomic::AtomicI64,
+    }
+
+    /// Feeds the hub as the writer does, after the revisions are in history.
+    fn feed(hub: &WatchHub, history: &CountingHistory, revs: Option<Vec<i64>>, current: i64) {
+        history.current.store(current, Ordering::SeqCst);
+        hub.committed(revs.map(|r| r.into_iter().map(rev).collect()), current);
+    }
+
+    fn rev(r: i64) -> CommittedRevision {
+        CommittedRevision {
+            revision: r,
+            events: vec![Event {
+                r#type: EventType::Put as i32,
+                kv: Some(KeyValue {
+                    key: b"k".to_vec(),
+                    value: format!("v{r}").into_bytes(),
+                    create_revision: 2,
+                    mod_revision: r,
+                    version: r - 1,
+                    lease: 0,
+                }),
+                prev_kv: None,
+            }],
+        }
+    }
+
+    impl History for CountingHistory {
+        fn read(&self, _: &[u8], _: &[u8], from: i64, max: i64) -> Result<HistoryRead, Error> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let current = self.current.load(Ordering::SeqCst);
+            let through = (from + max - 1).min(current);
+            Ok(HistoryRead::Batch {
+                revisions: (from..=through).map(rev).collect(),
+                through,
+                current,
+            })
+        }
+    }
+
+    fn spec(start_revision: i64) -> WatchSpec {
+        WatchSpec {
+            key: b"k".to_vec(),
+            start_revision,
+            ..Default::default()
+        }
+    }
+
+    async fn next_revisions(rx: &mut mpsc::Receiver<Notice>) -> Vec<i64> {
+        let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a notice within 10 s")
+            .expect("stream open");
+        match n {
+            Notice::Events { events, .. } => events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn wait_synced(hub: &WatchHub) {
+        for _ in 0..1000 {
+            if hub.lock().watchers.values().all(|w| w.synced) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("watcher never synced");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_that_fell_behind_catches_up_from_memory() {
+        let history = Arc::new(CountingHistory::default());
+        let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
+        let (mut ws, mut rx) = hub.open_stream(1);
+        ws.create(spec(0), 0).await;
+        assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
+        wait_synced(&hub).await;
+        // Room for one notice: revision 2 goes out live, 3 finds the channel full.
+        feed(&hub, &history, Some(vec![2, 3, 4]), 4);
+        assert_eq!(next_revisions(&mut rx).await, vec![2]);
+        assert_eq!(next_revisions(&mut rx).await, vec![3, 4]);
+        wait_synced(&hub).await;
+        feed(&hub, &history, Some(vec![5]), 5);
+        assert_eq!(next_revisions(&mut rx).await, vec![5]);
+        assert_eq!(history.reads.load(Ordering::SeqCst), 0);
+
+        // Revisions fed without events: memory forgets, the watcher reads history.
+        feed(&hub, &history, Some(vec![6]), 6);
+        feed(&hub, &history, Some(vec![7]), 7);
+        feed(&hub, &history, None, 8);
+        assert_eq!(next_revisions(&mut rx).await, vec![6]);
+        assert_eq!(next_revisions(&mut rx).await, vec![7, 8]);
+        assert_eq!(history.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_watcher_reads_history_even_when_memory_holds_its_start() {
+        let history = Arc::new(CountingHistory::default());
+        let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
+        let (mut first, mut first_rx) = hub.open_stream(16);
+        first.create(spec(0), 0).await;
+        assert!(matches!(
+            first_rx.recv().await,
+            Some(Notice::Created { .. })
+        ));
+        wait_synced(&hub).await;
+        feed(&hub, &history, Some(vec![2, 3, 4]), 4);
+        // Memory holds 2..=4, but a new watcher's start must be checked against compaction.
+        let (mut second, mut rx) = hub.open_stream(16);
+        second.create(spec(3), 0).await;
+        assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
+        assert_eq!(next_revisions(&mut rx).await, vec![3, 4]);
+        assert_eq!(history.reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn memory_keeps_the_newest_revisions_within_the_limits() {
+        let mut st = HubState {
+            last: 1,
+            recent_from: 2,
+            ..Default::default()
+        };
+        for r in 2..(RECENT_REVISIONS as i64 + 12) {
+            let events: Vec<Arc<Event>> = rev(r).events.into_iter().map(Arc::new).collect();
+            st.push_recent(r, &events);
+            st.last = r;
+        }
+        assert_eq!(st.recent.len(), RECENT_REVISIONS);
+        assert_eq!(st.recent_from, 12);
+        assert_eq!(st.recent.front().unwrap().revision, 12);
+        assert!(st.read_recent(&spec(0), 11).is_none());
+        let b = st.read_recent(&spec(0), 12).unwrap();
+        assert_eq!(b.through, 12 + MAX_CATCH_UP_REVISIONS - 1);
+        assert_eq!(b.events.len(), MAX_CATCH_UP_REVISIONS as usize);
+        // A gap: what came before is forgotten.
+        let events: Vec<Arc<Event>> = rev(st.last + 5).events.into_iter().map(Arc::new).collect();
+        st.push_recent(st.last + 5, &events);
+        assert_eq!(st.recent.len(), 1);
+        assert_eq!(st.recent_from, st.recent[0].revision);
+    }
+}
