@@ -2,7 +2,8 @@
 //!
 //! Translation only: each request is handed to the store's watch hub ([`coffer_store::watch`])
 //! through the stream's [`WatchStream`]; each [`Notice`] the hub queues becomes one
-//! `WatchResponse` (or several, when a `fragment=true` watcher's response is too large). The
+//! `WatchResponse` (or several, when a `fragment=true` watcher's response is too large), after
+//! the notices already queued are merged per watcher (`merge.rs`). The
 //! periodic progress ticker (`--watch-progress-notify-interval`, up to +10 % jitter per stream)
 //! lives here. A client half-close does not end the stream: events keep flowing until the
 //! client cancels the RPC. Logs carry ids and counts, never keys or values.
@@ -22,6 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
 use crate::state::Shared;
+
+mod merge;
 
 /// Notices buffered per stream before a synced watcher falls back to history (etcd: 128
 /// responses per stream channel).
@@ -146,11 +149,16 @@ fn responses(
             let events: Vec<Event> = events
                 .iter()
                 .map(|e| {
-                    let mut e = Event::clone(e);
-                    if !prev_kv {
-                        e.prev_kv = None;
+                    if prev_kv {
+                        Event::clone(e)
+                    } else {
+                        // Not cloned only to be dropped.
+                        Event {
+                            r#type: e.r#type,
+                            kv: e.kv.clone(),
+                            prev_kv: None,
+                        }
                     }
-                    e
                 })
                 .collect();
             let resp = WatchResponse {
@@ -232,9 +240,20 @@ impl Watch for WatchService {
         tokio::spawn(serve_requests(stream, inbound, interval));
         let shared = Arc::clone(&self.shared);
         let limit = shared.config.max_decoding_message_size();
+        // Notices already queued are taken together and merged per watcher (merge.rs), so a
+        // stream that fell behind catches up in few, larger responses; no waiting for more.
         let out = futures::StreamExt::flat_map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            move |n| futures::stream::iter(responses(&shared, n, limit)),
+            futures::StreamExt::ready_chunks(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                merge::BATCH,
+            ),
+            move |batch| {
+                let out: Vec<_> = merge::merge(batch)
+                    .into_iter()
+                    .flat_map(|n| responses(&shared, n, limit))
+                    .collect();
+                futures::stream::iter(out)
+            },
         );
         Ok(Response::new(Box::pin(self.shared.until_stopped(out))))
     }
