@@ -91,6 +91,7 @@ fn coffer_full_disk_seed_4404() {
 /// A new seed each time (printed, so a failure can be replayed with `ROBUSTNESS_SEED`).
 #[test]
 fn coffer_kill_pause_random_seed() {
+    use std::io::Write;
     let seed = match std::env::var("ROBUSTNESS_SEED") {
         Ok(s) => s.trim().parse().expect("ROBUSTNESS_SEED must be a number"),
         Err(_) => {
@@ -100,7 +101,11 @@ fn coffer_kill_pause_random_seed() {
             (t.as_nanos() % 1_000_000_000) as u64
         }
     };
-    eprintln!("coffer_kill_pause_random_seed: seed {seed} (replay: ROBUSTNESS_SEED={seed})");
+    // Written past the test harness's capture, so the seed is in the CI log even on success.
+    let _ = writeln!(
+        std::io::stderr(),
+        "coffer_kill_pause_random_seed: seed {seed} (replay: ROBUSTNESS_SEED={seed})"
+    );
     check(
         ServerKind::Coffer,
         seed,
