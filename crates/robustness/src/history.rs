@@ -136,6 +136,21 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The header revision.
+    pub fn revision(&self) -> i64 {
+        match self {
+            Response::Put { revision }
+            | Response::Range { revision, .. }
+            | Response::Delete { revision, .. }
+            | Response::Txn { revision, .. }
+            | Response::LeaseGrant { revision, .. }
+            | Response::LeaseRevoke { revision }
+            | Response::Compact { revision } => *revision,
+        }
+    }
+}
+
 /// The answer to one [`TxnOp`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOpResult {

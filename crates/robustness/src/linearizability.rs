@@ -163,7 +163,7 @@ pub(crate) fn resolve(h: &History, budget: Duration) -> Option<Resolved> {
 pub(crate) fn reported_write(op: &crate::history::Operation) -> Option<i64> {
     match &op.outcome {
         crate::history::Outcome::Ok(resp) if prepare::reports_write(&op.request, resp) => {
-            Some(prepare::header_revision(resp))
+            Some(resp.revision())
         }
         _ => None,
     }

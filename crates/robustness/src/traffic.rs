@@ -235,16 +235,7 @@ impl Shared {
         let Outcome::Ok(resp) = outcome else {
             return;
         };
-        let revision = match resp {
-            Response::Put { revision }
-            | Response::Range { revision, .. }
-            | Response::Delete { revision, .. }
-            | Response::Txn { revision, .. }
-            | Response::LeaseGrant { revision, .. }
-            | Response::LeaseRevoke { revision }
-            | Response::Compact { revision } => *revision,
-        };
-        self.see_revision(revision);
+        self.see_revision(resp.revision());
         let write = match (req, resp) {
             (Request::Put { .. }, _) | (Request::Delete { .. }, _) => true,
             (

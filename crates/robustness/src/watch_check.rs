@@ -146,7 +146,7 @@ fn final_history(h: &History) -> Final {
     }
     for op in &h.operations {
         if let Outcome::Ok(r) = &op.outcome {
-            last_revision = last_revision.max(header(r));
+            last_revision = last_revision.max(r.revision());
         }
     }
     // Patch in what watchers saw at revisions the KV history does not show.
@@ -182,18 +182,6 @@ fn final_history(h: &History) -> Final {
         revs,
         last_revision,
         compactions,
-    }
-}
-
-fn header(r: &Response) -> i64 {
-    match r {
-        Response::Put { revision }
-        | Response::Range { revision, .. }
-        | Response::Delete { revision, .. }
-        | Response::Txn { revision, .. }
-        | Response::LeaseGrant { revision, .. }
-        | Response::LeaseRevoke { revision }
-        | Response::Compact { revision } => *revision,
     }
 }
 

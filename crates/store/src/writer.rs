@@ -378,19 +378,12 @@ impl Writer {
                 req.id
             }
         };
-        let mut wtxn = self
-            .shared
-            .read_db()
-            .begin_write()
-            .map_err(engine_err("begin write"))?;
-        wtxn.set_durability(redb::Durability::Immediate)
-            .map_err(engine_err("durability"))?;
-        {
+        self.commit_durably(|wtxn| {
             let mut t = wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
             t.insert(id, lease::encode(ttl, ttl.saturating_mul(1000)).as_slice())
                 .map_err(engine_err("write lease"))?;
-        }
-        self.commit_checkpoint(wtxn)?;
+            Ok(())
+        })?;
         self.shared.leases().map.insert(
             id,
             lease::Lease {
@@ -415,22 +408,15 @@ impl Writer {
             return Ok(answer);
         }
         crate::disk::check(self.dir())?;
-        let mut wtxn = self
-            .shared
-            .read_db()
-            .begin_write()
-            .map_err(engine_err("begin write"))?;
-        wtxn.set_durability(redb::Durability::Immediate)
-            .map_err(engine_err("durability"))?;
-        {
+        self.commit_durably(|wtxn| {
             let mut meta = wtxn.open_table(META).map_err(engine_err("open meta"))?;
             meta.insert(
                 crate::alarm::META_KEY,
                 crate::alarm::encode(&list).as_slice(),
             )
             .map_err(engine_err("write alarms"))?;
-        }
-        self.commit_checkpoint(wtxn)?;
+            Ok(())
+        })?;
         *self.shared.alarms() = list;
         Ok(answer)
     }
@@ -453,26 +439,34 @@ impl Writer {
             tracing::warn!(error = %e, "lease checkpoint skipped");
             return;
         }
-        let res = (|| -> Result<(), Error> {
-            let mut wtxn = self
-                .shared
-                .read_db()
-                .begin_write()
-                .map_err(engine_err("begin write"))?;
-            wtxn.set_durability(redb::Durability::Immediate)
-                .map_err(engine_err("durability"))?;
-            {
-                let mut t = wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
-                for (id, ttl, rem) in &rows {
-                    t.insert(*id, lease::encode(*ttl, *rem).as_slice())
-                        .map_err(engine_err("write lease"))?;
-                }
+        let res = self.commit_durably(|wtxn| {
+            let mut t = wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
+            for (id, ttl, rem) in &rows {
+                t.insert(*id, lease::encode(*ttl, *rem).as_slice())
+                    .map_err(engine_err("write lease"))?;
             }
-            self.commit_checkpoint(wtxn)
-        })();
+            Ok(())
+        });
         if let Err(e) = res {
             tracing::warn!(error = %e, leases = rows.len(), "lease checkpoint failed");
         }
+    }
+
+    /// Writes `fill`'s changes in a transaction of their own, committed durably as a log
+    /// checkpoint (lease grants and checkpoints, alarms: rare writes outside commit groups).
+    fn commit_durably(
+        &self,
+        fill: impl FnOnce(&redb::WriteTransaction) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut wtxn = self
+            .shared
+            .read_db()
+            .begin_write()
+            .map_err(engine_err("begin write"))?;
+        wtxn.set_durability(redb::Durability::Immediate)
+            .map_err(engine_err("durability"))?;
+        fill(&wtxn)?;
+        self.commit_checkpoint(wtxn)
     }
 
     /// Commits `wtxn` durably as a log checkpoint: it covers every entry appended so far (each

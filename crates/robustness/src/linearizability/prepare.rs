@@ -82,19 +82,6 @@ pub(crate) fn reports_write(req: &Request, resp: &Response) -> bool {
     }
 }
 
-/// The header revision of a response.
-pub(crate) fn header_revision(resp: &Response) -> i64 {
-    match resp {
-        Response::Put { revision }
-        | Response::Range { revision, .. }
-        | Response::Delete { revision, .. }
-        | Response::Txn { revision, .. }
-        | Response::LeaseGrant { revision, .. }
-        | Response::LeaseRevoke { revision }
-        | Response::Compact { revision } => *revision,
-    }
-}
-
 fn kinds_match(req: &Request, resp: &Response) -> bool {
     matches!(
         (req, resp),
@@ -207,7 +194,7 @@ pub(crate) fn prepare(h: &History) -> Result<Prepared<'_>, Malformed> {
                     op.request
                 )));
             }
-            final_revision = final_revision.max(header_revision(resp));
+            final_revision = final_revision.max(resp.revision());
         }
     }
     let size = usize::try_from(final_revision).unwrap_or(0) + 1;
@@ -231,7 +218,7 @@ pub(crate) fn prepare(h: &History) -> Result<Prepared<'_>, Malformed> {
             }
             Outcome::Ok(resp) => {
                 answered += 1;
-                let rev = header_revision(resp);
+                let rev = resp.revision();
                 if rev < 1 {
                     return Err(Malformed(format!(
                         "operation #{i} reports header revision {rev} (revisions start at 1)"

@@ -67,7 +67,7 @@ pub(crate) fn explain(
 /// One operation on one line.
 fn show_op(i: usize, op: &Operation) -> String {
     let at = match &op.outcome {
-        Outcome::Ok(r) => format!("@{}", prepare::header_revision(r)),
+        Outcome::Ok(r) => format!("@{}", r.revision()),
         _ => "@?".to_string(),
     };
     format!(

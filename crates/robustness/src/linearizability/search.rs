@@ -607,7 +607,7 @@ fn ok_response<'a>(p: &'a Prepared<'_>, i: usize) -> Option<&'a Response> {
 
 /// The revision an answered operation sits at.
 pub(crate) fn slot_of(p: &Prepared<'_>, i: usize) -> Option<i64> {
-    ok_response(p, i).map(super::prepare::header_revision)
+    ok_response(p, i).map(Response::revision)
 }
 
 fn writers_of<'a>(
@@ -879,7 +879,7 @@ fn precheck_values(p: &Prepared<'_>) -> Option<Failure> {
         let Outcome::Ok(resp) = &op.outcome else {
             continue;
         };
-        let header = super::prepare::header_revision(resp);
+        let header = resp.revision();
         for kv in super::prepare::observed(resp) {
             let at = format!(
                 "#{i} read {}={} (mod_revision {})",
