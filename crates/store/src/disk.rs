@@ -1,7 +1,8 @@
 //! The full-disk guard. A write that hits ENOSPC inside the engine leaves redb refusing every
 //! later write until it is reopened. So the writer checks the data directory's free space
 //! (`statvfs`) before each group and each durable commit, and refuses the writes with
-//! [`Error::DiskFull`] while less than [`RESERVE`] is free: nothing reaches the log or the
+//! [`Error::DiskFull`] while less than the group needs ([`needed_for`]: [`RESERVE`] plus three
+//! times the group's bytes) is free: nothing reaches the log or the
 //! engine, nothing acknowledged is at risk, reads go on, and writes resume by themselves once
 //! an operator frees space. (The log file is preallocated with real blocks, so appends to it
 //! never need new space.) Something else filling the disk between the check and the commit can
@@ -11,22 +12,72 @@ use std::path::Path;
 
 use crate::Error;
 
-/// Free space kept before a write: room for one large commit group's pages (COW B-tree pages,
-/// the values, the engine's header) with a wide margin.
+/// Free space kept beyond what a write itself needs: room for the engine's own pages (COW
+/// B-tree branches, the header, a durable checkpoint's copy of the meta) with a wide margin.
 pub const RESERVE: u64 = 16 * 1024 * 1024;
 
-/// `Ok` when the file system holding `dir` has at least [`RESERVE`] bytes free for the server.
+/// How many bytes of free space a batch of `bytes` may take in the engine file: its records
+/// are written once into new copy-on-write leaf pages, whose neighbours and branches are copied
+/// too; three times the payload is a wide margin over that (the writer caps a group's bytes,
+/// so this bound is finite for every group it takes).
+pub(crate) fn needed_for(bytes: u64) -> u64 {
+    RESERVE.saturating_add(bytes.saturating_mul(3))
+}
+
+/// `Ok` when the file system holding `dir` has at least `needed` bytes free for the server.
 /// A file system that cannot report its free space is not refused.
-pub(crate) fn check(dir: &Path) -> Result<(), Error> {
+pub(crate) fn check(dir: &Path, needed: u64) -> Result<(), Error> {
     let Ok(st) = rustix::fs::statvfs(dir) else {
         return Ok(());
     };
     let available = st.f_bavail.saturating_mul(st.f_frsize);
-    if available < RESERVE {
-        return Err(Error::DiskFull {
-            available,
-            needed: RESERVE,
-        });
+    if available < needed {
+        return Err(Error::DiskFull { available, needed });
+    }
+    Ok(())
+}
+
+/// Makes `dir`'s entries (files created or renamed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::Engine(format!("cannot sync the directory {}: {e}", dir.display())))
+}
+
+/// Creates `dir` and any missing parents with mode 0700, and makes each new directory's entry
+/// durable in its parent (a power cut right after first start must not lose the directory and
+/// the files created in it).
+pub fn create_dir_durably(dir: &Path) -> Result<(), Error> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        let mut b = std::fs::DirBuilder::new();
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            b.mode(0o700);
+        }
+        match b.create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(e) => {
+                return Err(Error::Engine(format!(
+                    "cannot create the directory {}: {e}",
+                    d.display()
+                )))
+            }
+        }
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
     }
     Ok(())
 }

@@ -57,9 +57,32 @@ pub enum Error {
         /// Bytes the store keeps free before it writes.
         needed: u64,
     },
-    /// The storage engine failed (I/O, full disk, corruption).
+    /// The storage engine failed (I/O, an engine refusal).
     #[error("storage engine: {0}")]
     Engine(String),
+    /// Stored data is damaged: a record, the meta or the log failed its checksum or is missing.
+    /// Says which file, revision or offset; a store refuses to start with it rather than serve
+    /// less than was acknowledged.
+    #[error("damaged data: {0}")]
+    Corrupt(String),
+    /// A write may or may not have been applied: the log append or the engine commit failed
+    /// after the write started reaching the disk. A restart replays the log and settles it.
+    /// (etcd's clients know this outcome as "request timed out".)
+    #[error("the outcome of the write is unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Writes are refused since a commit's outcome became unknown; reads go on. A restart
+    /// recovers from the log.
+    #[error("the store stopped accepting writes after a failed commit ({0}); restart the server to recover from the write-ahead log")]
+    WritesStopped(String),
+    /// The writer's queue is full (etcd: `too many requests`).
+    #[error("too many requests")]
+    TooManyRequests,
+    /// LeaseGrant beyond the store's lease limit.
+    #[error("too many leases: the store holds its limit of {max}; revoke unused leases or raise --max-leases")]
+    TooManyLeases {
+        /// The limit.
+        max: usize,
+    },
     /// The store is shutting down.
     #[error("store stopped")]
     Stopped,

@@ -17,12 +17,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use redb::TableDefinition;
-
 use crate::Error;
-
-/// Leases: id → granted TTL ‖ remaining milliseconds at the last checkpoint.
-pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 
 /// etcd's MaxLeaseTTL (seconds).
 pub const MAX_TTL: i64 = 9_000_000_000;
@@ -111,19 +106,45 @@ impl Leases {
     }
 }
 
-/// Encodes a lease row.
-pub(crate) fn encode(ttl: i64, remaining_ms: i64) -> [u8; 16] {
-    let mut b = [0u8; 16];
+/// A lease row: granted TTL ‖ remaining ms at the last checkpoint ‖ crc32 of (id ‖ both).
+pub(crate) const ROW: usize = 20;
+
+fn row_checksum(id: i64, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&id.to_be_bytes());
+    h.update(body);
+    h.finalize()
+}
+
+/// Encodes the row of lease `id`, with its checksum.
+pub(crate) fn encode(id: i64, ttl: i64, remaining_ms: i64) -> [u8; ROW] {
+    let mut b = [0u8; ROW];
     b[..8].copy_from_slice(&ttl.to_be_bytes());
-    b[8..].copy_from_slice(&remaining_ms.to_be_bytes());
+    b[8..16].copy_from_slice(&remaining_ms.to_be_bytes());
+    let crc = row_checksum(id, &b[..16]);
+    b[16..].copy_from_slice(&crc.to_be_bytes());
     b
 }
 
-/// Decodes a lease row: (granted TTL, remaining ms).
+/// Decodes the row of lease `id`: (granted TTL, remaining ms). A row that fails its checksum
+/// (or belongs to another id) is [`Error::Corrupt`].
 pub(crate) fn decode(id: i64, bytes: &[u8]) -> Result<(i64, i64), Error> {
+    let corrupt = |what: &str| Error::Corrupt(format!("the row of lease {id} is damaged: {what}"));
+    if bytes.len() != ROW {
+        return Err(corrupt(&format!("{} bytes instead of {ROW}", bytes.len())));
+    }
+    let crc = u32::from_be_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+    if crc != row_checksum(id, &bytes[..16]) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    decode_v1(id, &bytes[..16])
+}
+
+/// Decodes a lease row of storage format 1 (16 bytes, no checksum).
+pub(crate) fn decode_v1(id: i64, bytes: &[u8]) -> Result<(i64, i64), Error> {
     let arr: [u8; 16] = bytes
         .try_into()
-        .map_err(|_| Error::Engine(format!("corrupt lease {id}: row is not 16 bytes")))?;
+        .map_err(|_| Error::Corrupt(format!("the row of lease {id} is not 16 bytes")))?;
     let mut ttl = [0u8; 8];
     let mut rem = [0u8; 8];
     ttl.copy_from_slice(&arr[..8]);

@@ -17,25 +17,34 @@
 //! # Ok(()) }
 //! ```
 
+// The house, bottom up: records and the log, the engine that owns them, the shared state,
+// the pure planning step, the writer thread, and the store that puts them together.
 pub mod alarm;
 pub mod backend;
 pub mod disk;
 pub mod embedded;
+pub mod engine;
 pub mod error;
+pub mod events;
+mod history;
 pub mod index;
 pub mod lease;
+mod plan;
 pub mod range;
 pub mod record;
 pub mod sealer;
 pub mod snapshot;
+mod state;
+mod txn;
 mod wal;
 pub mod watch;
 pub mod writer;
 
 pub use alarm::AlarmChange;
 pub use backend::{Backend, StoreStatus};
-pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_QUOTA_BYTES};
+pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_MAX_LEASES, DEFAULT_QUOTA_BYTES};
+pub use engine::{EngineFaults, EngineOptions};
 pub use error::Error;
+pub use events::{CommitListener, CommittedRevision};
 pub use sealer::Sealer;
 pub use watch::{History, HistoryRead, Notice, WatchHub, WatchSpec, WatchStream};
-pub use writer::{CommitListener, CommittedRevision};

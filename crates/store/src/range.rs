@@ -166,3 +166,26 @@ pub fn finish(
     }
     Ok((kvs, more))
 }
+
+/// The candidates of `req` visible at revision `at` in the index, and how many keys match.
+pub(crate) fn collect(
+    ix: &crate::index::Index,
+    req: &RangeRequest,
+    at: i64,
+    collect: &Collect,
+) -> (Vec<Candidate>, i64) {
+    let mut cands = Vec::new();
+    let mut count = 0i64;
+    ix.visit(&req.key, &req.range_end, at, |k, entry| {
+        count += 1;
+        if collect.wants(cands.len()) {
+            cands.push(Candidate {
+                key: k.to_vec(),
+                entry,
+                plain: None,
+            });
+        }
+        true
+    });
+    (cands, count)
+}

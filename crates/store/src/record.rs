@@ -47,12 +47,26 @@ impl Rev {
     }
 }
 
-const KIND_PUT: u8 = 1;
-const KIND_TOMBSTONE: u8 = 2;
-/// kind(1) create(8) version(8) lease(8) key_len(4)
-const PUT_HEADER: usize = 1 + 8 + 8 + 8 + 4;
-/// kind(1) key_len(4)
-const TOMB_HEADER: usize = 1 + 4;
+/// Format 1 kinds (no checksum), read only to upgrade a store.
+const KIND_PUT_V1: u8 = 1;
+const KIND_TOMBSTONE_V1: u8 = 2;
+/// Format 2 kinds: a checksum follows the kind byte.
+const KIND_PUT: u8 = 3;
+const KIND_TOMBSTONE: u8 = 4;
+/// kind(1) crc(4): the checksum covers the revision key, the kind and everything after it.
+const CHECKED: usize = 1 + 4;
+/// create(8) version(8) lease(8) key_len(4)
+const PUT_HEADER: usize = 8 + 8 + 8 + 4;
+/// key_len(4)
+const TOMB_HEADER: usize = 4;
+
+fn checksum(rev: Rev, kind: u8, body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&rev.to_key());
+    h.update(&[kind]);
+    h.update(body);
+    h.finalize()
+}
 
 /// A decoded record, borrowing from the stored bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,59 +99,88 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// Decodes stored bytes; `rev` only names the record in errors.
+    /// Decodes stored bytes, checking the record's checksum against its bytes and `rev` (a
+    /// record copied to another revision fails too). Damage is [`Error::Corrupt`], naming the
+    /// revision; never a panic.
     pub fn decode(rev: Rev, bytes: &'a [u8]) -> Result<Self, Error> {
         let corrupt = |what: &str| {
-            Error::Engine(format!(
-                "corrupt record at revision {}.{}: {what}",
+            Error::Corrupt(format!(
+                "the record at revision {}.{} is damaged: {what}",
                 rev.main, rev.sub
             ))
         };
-        let (&kind, _) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
+        if bytes.len() < CHECKED {
+            return Err(corrupt("truncated"));
+        }
+        let kind = bytes[0];
+        let body = &bytes[CHECKED..];
+        if !matches!(kind, KIND_PUT | KIND_TOMBSTONE) {
+            return Err(corrupt(&format!("unknown kind {kind}")));
+        }
+        if read_u32(&bytes[1..5]) != checksum(rev, kind, body) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        Self::decode_body(kind == KIND_PUT, body).map_err(corrupt)
+    }
+
+    /// Decodes a record of storage format 1 (no checksum), to upgrade a store.
+    pub(crate) fn decode_v1(rev: Rev, bytes: &'a [u8]) -> Result<Self, Error> {
+        let corrupt = |what: &str| {
+            Error::Corrupt(format!(
+                "the format-1 record at revision {}.{} is damaged: {what}",
+                rev.main, rev.sub
+            ))
+        };
+        let (&kind, body) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         match kind {
-            KIND_PUT => {
-                if bytes.len() < PUT_HEADER {
-                    return Err(corrupt("truncated header"));
-                }
-                let create_revision = read_i64(&bytes[1..9]);
-                let version = read_i64(&bytes[9..17]);
-                let lease = read_i64(&bytes[17..25]);
-                let key_len = read_u32(&bytes[25..29]) as usize;
-                let rest = &bytes[PUT_HEADER..];
-                if rest.len() < key_len {
-                    return Err(corrupt("truncated key"));
-                }
-                let (key, sealed) = rest.split_at(key_len);
-                Ok(Record::Put {
-                    key,
-                    create_revision,
-                    version,
-                    lease,
-                    sealed,
-                })
-            }
-            KIND_TOMBSTONE => {
-                if bytes.len() < TOMB_HEADER {
-                    return Err(corrupt("truncated header"));
-                }
-                let key_len = read_u32(&bytes[1..5]) as usize;
-                let key = &bytes[TOMB_HEADER..];
-                if key.len() != key_len {
-                    return Err(corrupt("key length mismatch"));
-                }
-                Ok(Record::Tombstone { key })
+            KIND_PUT_V1 | KIND_TOMBSTONE_V1 => {
+                Self::decode_body(kind == KIND_PUT_V1, body).map_err(&corrupt)
             }
             other => Err(corrupt(&format!("unknown kind {other}"))),
         }
     }
 
-    /// Encodes the record into `out` (cleared first).
-    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+    fn decode_body(put: bool, bytes: &'a [u8]) -> Result<Self, &'static str> {
+        if put {
+            if bytes.len() < PUT_HEADER {
+                return Err("truncated header");
+            }
+            let create_revision = read_i64(&bytes[0..8]);
+            let version = read_i64(&bytes[8..16]);
+            let lease = read_i64(&bytes[16..24]);
+            let key_len = read_u32(&bytes[24..28]) as usize;
+            let rest = &bytes[PUT_HEADER..];
+            if rest.len() < key_len {
+                return Err("truncated key");
+            }
+            let (key, sealed) = rest.split_at(key_len);
+            Ok(Record::Put {
+                key,
+                create_revision,
+                version,
+                lease,
+                sealed,
+            })
+        } else {
+            if bytes.len() < TOMB_HEADER {
+                return Err("truncated header");
+            }
+            let key_len = read_u32(&bytes[0..4]) as usize;
+            let key = &bytes[TOMB_HEADER..];
+            if key.len() != key_len {
+                return Err("key length mismatch");
+            }
+            Ok(Record::Tombstone { key })
+        }
+    }
+
+    /// Encodes the record stored at `rev` into `out` (cleared first), with its checksum.
+    pub fn encode_into(&self, rev: Rev, out: &mut Vec<u8>) -> Result<(), Error> {
         out.clear();
         let key = self.key();
         let key_len = u32::try_from(key.len())
             .map_err(|_| Error::Engine(format!("key of {} bytes is too long", key.len())))?;
-        match self {
+        let kind = match self {
             Record::Put {
                 create_revision,
                 version,
@@ -145,22 +188,26 @@ impl<'a> Record<'a> {
                 sealed,
                 ..
             } => {
-                out.reserve(PUT_HEADER + key.len() + sealed.len());
-                out.push(KIND_PUT);
+                out.reserve(CHECKED + PUT_HEADER + key.len() + sealed.len());
+                out.extend_from_slice(&[KIND_PUT, 0, 0, 0, 0]);
                 out.extend_from_slice(&create_revision.to_be_bytes());
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(&lease.to_be_bytes());
                 out.extend_from_slice(&key_len.to_be_bytes());
                 out.extend_from_slice(key);
                 out.extend_from_slice(sealed);
+                KIND_PUT
             }
             Record::Tombstone { .. } => {
-                out.reserve(TOMB_HEADER + key.len());
-                out.push(KIND_TOMBSTONE);
+                out.reserve(CHECKED + TOMB_HEADER + key.len());
+                out.extend_from_slice(&[KIND_TOMBSTONE, 0, 0, 0, 0]);
                 out.extend_from_slice(&key_len.to_be_bytes());
                 out.extend_from_slice(key);
+                KIND_TOMBSTONE
             }
-        }
+        };
+        let crc = checksum(rev, kind, &out[CHECKED..]);
+        out[1..5].copy_from_slice(&crc.to_be_bytes());
         Ok(())
     }
 }
@@ -202,11 +249,37 @@ mod tests {
             sealed: b"k8s:enc:xyz",
         };
         let mut buf = Vec::new();
-        put.encode_into(&mut buf).unwrap();
+        put.encode_into(Rev::new(9, 0), &mut buf).unwrap();
         assert_eq!(Record::decode(Rev::new(9, 0), &buf).unwrap(), put);
         let tomb = Record::Tombstone { key: b"k" };
-        tomb.encode_into(&mut buf).unwrap();
+        tomb.encode_into(Rev::new(9, 1), &mut buf).unwrap();
         assert_eq!(Record::decode(Rev::new(9, 1), &buf).unwrap(), tomb);
+    }
+
+    #[test]
+    fn any_flipped_bit_or_another_revision_is_detected() {
+        // Metadata (create revision, version, lease), the key and an identity/aescbc value are
+        // not authenticated by the seal: the checksum is what catches their damage.
+        let mut buf = Vec::new();
+        Record::Put {
+            key: b"/registry/secrets/a",
+            create_revision: 3,
+            version: 7,
+            lease: 99,
+            sealed: b"plain identity value",
+        }
+        .encode_into(Rev::new(9, 0), &mut buf)
+        .unwrap();
+        for i in 0..buf.len() * 8 {
+            let mut bad = buf.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(
+                matches!(Record::decode(Rev::new(9, 0), &bad), Err(Error::Corrupt(_))),
+                "bit {i}"
+            );
+        }
+        assert!(Record::decode(Rev::new(9, 1), &buf).is_err());
+        assert!(Record::decode(Rev::new(10, 0), &buf).is_err());
     }
 
     #[test]
@@ -216,20 +289,16 @@ mod tests {
             &[1u8, 2, 3][..],
             &[2u8, 0, 0, 0, 9, b'a'][..],
             &[7u8][..],
+            &[3u8, 0, 0, 0, 0, 1][..],
         ] {
             assert!(Record::decode(Rev::new(1, 0), bad).is_err());
+            assert!(Record::decode_v1(Rev::new(1, 0), bad).is_err() || bad.first() == Some(&2));
         }
-        let mut buf = Vec::new();
-        Record::Put {
-            key: b"abc",
-            create_revision: 1,
-            version: 1,
-            lease: 0,
-            sealed: b"",
-        }
-        .encode_into(&mut buf)
-        .unwrap();
-        buf[28] = 200; // key length beyond the record
-        assert!(Record::decode(Rev::new(1, 0), &buf).is_err());
+        // Format 1: a key length beyond the record.
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&[0u8; 24]);
+        v1.extend_from_slice(&200u32.to_be_bytes());
+        v1.extend_from_slice(b"abc");
+        assert!(Record::decode_v1(Rev::new(1, 0), &v1).is_err());
     }
 }

@@ -11,6 +11,16 @@ pub trait Sealer: Send + Sync + 'static {
     fn seal(&self, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, String>;
     /// Opens `stored` bytes read from `key`, returning the plaintext.
     fn open(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, String>;
+    /// Writes sealed so far under each key whose writes are counted (aesgcm's nonce budget),
+    /// by a counter id that names the key without revealing it. The store persists them in
+    /// every commit.
+    fn write_counts(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+    /// Raises the counters to the persisted counts (at start).
+    fn restore_write_counts(&self, counts: &[(String, u64)]) {
+        let _ = counts;
+    }
 }
 
 /// The real sealer: kube-apiserver's formats through `coffer_seal`'s keyspace. Errors carry

@@ -39,14 +39,15 @@ use std::time::Instant;
 
 use coffer_proto::mvccpb::KeyValue;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use sha2::{Digest, Sha256};
 
-use crate::embedded::{engine_err, get_meta_i64, put_meta_i64, Shared, META, RECORDS};
-use crate::lease::{self, LEASES};
+use crate::engine::{self, Batch, Engine, EngineOptions, Op, RECORDS};
+use crate::lease;
 use crate::record::{Record, Rev};
 use crate::sealer::Sealer;
-use crate::{EmbeddedStore, Error, StoreOptions, DB_FILE};
+use crate::state::Shared;
+use crate::{EmbeddedStore, Error, StoreOptions};
 
 /// Bytes per snapshot chunk (etcd sends 32 KiB).
 pub const CHUNK_SIZE: usize = 32 * 1024;
@@ -236,6 +237,13 @@ fn etcd_rev_bytes(main: i64) -> Vec<u8> {
     etcd_rev_key(Rev::new(main, 0), false)
 }
 
+/// Record bytes per durable commit of a restore.
+const RESTORE_BATCH_BYTES: usize = 32 << 20;
+
+fn engine_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
+    move |e| Error::Engine(format!("{what}: {e}"))
+}
+
 fn bbolt_err(e: coffer_bbolt::Error) -> Error {
     Error::Engine(format!("write the snapshot: {e}"))
 }
@@ -245,18 +253,15 @@ pub(crate) fn write<W: Write + Seek>(shared: &Shared, out: W) -> Result<(W, Snap
     if shared.stopped.load(Ordering::Relaxed) {
         return Err(Error::Stopped);
     }
-    let rtxn = shared
-        .read_db()
-        .begin_read()
-        .map_err(engine_err("begin read"))?;
+    let rtxn = shared.engine.read()?;
     let records = rtxn
         .open_table(RECORDS)
         .map_err(engine_err("open records"))?;
-    let meta = rtxn.open_table(META).map_err(engine_err("open meta"))?;
-    let lease_rows = rtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
-    let current = get_meta_i64(&meta, "current_revision")?.unwrap_or(1);
-    let scheduled = get_meta_i64(&meta, "scheduled_compact_revision")?;
-    let finished = get_meta_i64(&meta, "finished_compact_revision")?;
+    let meta = engine::read_meta(&rtxn)?;
+    let lease_rows = engine::lease_rows(&rtxn)?;
+    let current = meta.current_revision;
+    let scheduled = meta.scheduled_compact;
+    let finished = meta.finished_compact;
 
     // Remaining TTLs: the live set is fresher than the last checkpoint in the engine.
     let now = Instant::now();
@@ -317,10 +322,7 @@ pub(crate) fn write<W: Write + Seek>(shared: &Shared, out: W) -> Result<(W, Snap
 
     w.bucket(BUCKET_LEASE).map_err(bbolt_err)?;
     let mut leases = Vec::new();
-    for item in lease_rows.iter().map_err(engine_err("scan leases"))? {
-        let (k, v) = item.map_err(engine_err("scan leases"))?;
-        let id = k.value();
-        let (ttl, checkpointed_ms) = lease::decode(id, v.value())?;
+    for (id, ttl, checkpointed_ms) in lease_rows {
         let ms = live.get(&id).copied().unwrap_or(checkpointed_ms).max(0);
         // Rounded up; at least 1 so that 0 ("unknown, full TTL") is never written.
         let remaining_ttl = (ms.saturating_add(999) / 1000).max(1);
@@ -689,25 +691,21 @@ fn restore_into(
     let mut reader = coffer_bbolt::Reader::open(window).map_err(bbolt)?;
 
     // An empty store first: the data directory, identities, tables and log exactly as a first
-    // start makes them.
+    // start makes them; then the snapshot's content through the engine, in durable batches.
     EmbeddedStore::open(data_dir, Arc::clone(&sealer), StoreOptions::default())?.close();
-    let path = data_dir.join(DB_FILE);
-    let db = Database::create(&path).map_err(|e| {
-        Error::Engine(format!(
-            "cannot open the engine file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let mut wtxn = db.begin_write().map_err(engine_err("begin write"))?;
-    wtxn.set_durability(redb::Durability::Immediate)
-        .map_err(engine_err("durability"))?;
+    let (engine, mut meta) = Engine::open_and_replay(data_dir, EngineOptions::default())?;
+    let commit = |engine: &Engine, batch: &Batch| -> Result<(), Error> {
+        engine.commit(batch, true).map_err(|e| match e {
+            engine::CommitError::NotWritten(e) => e,
+            engine::CommitError::Unknown(why) => Error::Engine(why),
+        })
+    };
 
     let mut info = RestoreInfo::default();
     let mut max_rev = 1i64;
     {
-        let mut table = wtxn
-            .open_table(RECORDS)
-            .map_err(engine_err("open records"))?;
+        let mut batch = Batch::meta(meta.clone());
+        let mut batch_bytes = 0usize;
         let mut failed: Option<RestoreError> = None;
         let mut buf = Vec::new();
         let progress = &mut opts.progress;
@@ -756,10 +754,14 @@ fn restore_into(
                             sealed: &kv.value,
                         }
                     };
-                    record.encode_into(&mut buf)?;
-                    table
-                        .insert(rev.to_key().as_slice(), buf.as_slice())
-                        .map_err(engine_err("write a record"))?;
+                    record.encode_into(rev, &mut buf)?;
+                    batch_bytes += buf.len();
+                    batch.ops.push(Op::PutRecord(rev, std::mem::take(&mut buf)));
+                    if batch_bytes >= RESTORE_BATCH_BYTES {
+                        commit(&engine, &batch)?;
+                        batch.ops.clear();
+                        batch_bytes = 0;
+                    }
                     max_rev = max_rev.max(main);
                     info.records += 1;
                     if info.records % 10_000 == 0 {
@@ -781,6 +783,7 @@ fn restore_into(
         if !found {
             return Err(bad("no bucket \"key\": not an etcd backend snapshot".into()));
         }
+        commit(&engine, &batch)?;
     }
 
     let (mut scheduled, mut finished) = (None, None);
@@ -813,8 +816,8 @@ fn restore_into(
         }
     }
 
+    let mut leases = Batch::meta(meta.clone());
     {
-        let mut table = wtxn.open_table(LEASES).map_err(engine_err("open leases"))?;
         let mut failed = None;
         reader
             .for_each(BUCKET_LEASE, &mut |k, v| {
@@ -836,12 +839,11 @@ fn restore_into(
                     } else {
                         row.ttl
                     };
-                    table
-                        .insert(
-                            row.id,
-                            lease::encode(row.ttl, remaining.saturating_mul(1000)).as_slice(),
-                        )
-                        .map_err(engine_err("write a lease"))?;
+                    leases.ops.push(Op::PutLease {
+                        id: row.id,
+                        ttl: row.ttl,
+                        remaining_ms: remaining.saturating_mul(1000),
+                    });
                     info.leases += 1;
                     Ok(())
                 };
@@ -861,20 +863,13 @@ fn restore_into(
     let compacted = finished.unwrap_or(0).max(0);
     let scheduled = scheduled.filter(|s| *s > compacted);
     let current = max_rev.max(compacted);
-    {
-        let mut meta = wtxn.open_table(META).map_err(engine_err("open meta"))?;
-        put_meta_i64(&mut meta, "current_revision", current)?;
-        // A scheduled but unfinished compaction is resumed when the store opens.
-        if let Some(at) = scheduled.or(finished.filter(|f| *f > 0)) {
-            put_meta_i64(&mut meta, "scheduled_compact_revision", at)?;
-        }
-        if let Some(at) = finished.filter(|f| *f > 0) {
-            put_meta_i64(&mut meta, "finished_compact_revision", at)?;
-        }
-    }
-    wtxn.commit()
-        .map_err(engine_err("commit the restored store"))?;
-    drop(db);
+    meta.current_revision = current;
+    // A scheduled but unfinished compaction is resumed when the store opens.
+    meta.scheduled_compact = scheduled.or(finished.filter(|f| *f > 0));
+    meta.finished_compact = finished.filter(|f| *f > 0);
+    leases.meta = meta;
+    commit(&engine, &leases)?;
+    drop(engine);
     if let Some(p) = opts.progress.as_mut() {
         p(info.records);
     }

@@ -1,50 +1,41 @@
 //! The write-ahead log in front of the engine, as etcd keeps its WAL in front of bbolt.
 //!
 //! A redb commit that is durable on its own writes several scattered pages before its
-//! `fdatasync`; a group's mutations appended to one preallocated file and `fdatasync`ed cost one
-//! sequential write. So each group is appended here and made durable first, then committed to
-//! redb *without* an fsync (`Durability::None`), and only then acknowledged. Every durable redb
-//! commit (periodically, when the log fills, on lease writes and at shutdown) records the last
-//! log sequence number it covers (`wal_checkpoint_seq` in `meta`) and the log starts again at
-//! offset 0. At start the entries after the checkpoint are replayed into redb, in order.
+//! `fdatasync`; a group's batch appended to one preallocated file and `fdatasync`ed costs one
+//! sequential write. The engine ([`crate::engine`]) appends each group's batch here, makes it
+//! durable, and only then commits it to redb without an fsync. Every durable redb commit records
+//! the last sequence number it covers (its checkpoint) and the log starts again at offset 0.
 //!
-//! Entry: `len u32 LE ‖ crc32 u32 LE (of seq ‖ payload) ‖ seq u64 LE ‖ payload`. A scan stops
-//! at the first entry whose checksum fails or whose sequence number is not the next one, so the
-//! remains of older entries after a restart at offset 0 and a torn last write are never applied.
-//! Replaying an entry whose effects redb already holds is harmless: every operation sets or
-//! removes one row to a fixed value.
+//! Entry: `len u32 LE ‖ crc32 u32 LE (of len ‖ seq ‖ payload) ‖ seq u64 LE ‖ payload ‖ trailer`, the
+//! trailer being the same 16 header bytes again. Payloads are opaque here.
+//!
+//! Recovery rules ([`Wal::open`]), because only the last entry can legitimately be torn (one
+//! group is in flight at a time, and it was not acknowledged):
+//! - the entries from offset 0 form one run of consecutive sequence numbers; those at or below
+//!   the checkpoint are already in the engine and skipped, the rest are replayed;
+//! - where the run stops, the rest of the file must hold no trace of a later write: no valid
+//!   entry or trailer with a higher sequence number, and no complete (trailer-confirmed) entry
+//!   with the next one. Otherwise an entry in the middle is damaged and the log refuses to open,
+//!   naming the file, the offset and the entries that would be lost;
+//! - the first entry may not start beyond `checkpoint + 1` (entries are missing), the file may
+//!   not be missing when the engine has a checkpoint, nor shorter than its preallocated size.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableTableMetadata, WriteTransaction};
-
-use crate::embedded::{put_meta_i64, META, RECORDS};
-use crate::lease::LEASES;
 use crate::Error;
 
 /// The log file under the data directory.
 pub(crate) const WAL_FILE: &str = "coffer.wal";
 /// Preallocated size: writes into allocated blocks keep `fdatasync` to the data itself.
-const CAPACITY: u64 = 8 * 1024 * 1024;
+pub(crate) const CAPACITY: u64 = 8 * 1024 * 1024;
 /// A checkpoint is taken once the log holds this much.
 const CHECKPOINT_AT: u64 = CAPACITY / 2;
 const HEADER: usize = 16;
-
-/// One engine mutation, as the writer applied it to the redb transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WalOp {
-    /// Insert a record (revision key → encoded record with its sealed value).
-    PutRecord(Vec<u8>, Vec<u8>),
-    /// Remove a record (physical compaction).
-    DelRecord(Vec<u8>),
-    /// Set an i64 in `meta`.
-    Meta(String, i64),
-    /// Remove a lease row.
-    DelLease(i64),
-}
+/// Header and trailer.
+const FRAMING: usize = 2 * HEADER;
 
 fn io_err<'a>(what: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
     move |e| Error::Engine(format!("{what} {}: {e}", path.display()))
@@ -60,12 +51,35 @@ pub(crate) struct Wal {
     buf: Vec<u8>,
 }
 
+/// The damage [`Wal::open`] refuses to start with.
+fn damaged(path: &Path, at: usize, what: String) -> Error {
+    Error::Corrupt(format!(
+        "{}: {what} at offset {at}; the log holds acknowledged writes after this point, so \
+         starting would lose them. Restore the data directory from a backup or a snapshot \
+         (`coffer snapshot restore`)",
+        path.display()
+    ))
+}
+
 impl Wal {
-    /// Opens (creating and preallocating) the log in `dir` and returns the entries after
-    /// `checkpoint_seq`, in order, for replay.
-    pub(crate) fn open(dir: &Path, checkpoint_seq: u64) -> Result<(Wal, Vec<Vec<WalOp>>), Error> {
+    /// Opens the log in `dir` and returns the payloads after `checkpoint_seq`, in order, for
+    /// replay. `fresh`: the engine was just created, so a missing log is created (and
+    /// preallocated); otherwise a missing or truncated log is refused.
+    pub(crate) fn open(
+        dir: &Path,
+        checkpoint_seq: u64,
+        fresh: bool,
+    ) -> Result<(Wal, Vec<Vec<u8>>), Error> {
         let path = dir.join(WAL_FILE);
         let existed = path.exists();
+        if !existed && !fresh {
+            return Err(Error::Corrupt(format!(
+                "{}: the write-ahead log is missing, but the engine file expects one (its last \
+                 checkpoint is entry {checkpoint_seq}); acknowledged writes may be in it. Put \
+                 the file back, or restore the data directory from a backup or a snapshot",
+                path.display()
+            )));
+        }
         let mut o = OpenOptions::new();
         o.read(true).write(true).create(true);
         {
@@ -79,36 +93,32 @@ impl Wal {
             .metadata()
             .map_err(io_err("cannot stat the log", &path))?
             .len();
-        let mut entries = Vec::new();
+        if existed && len < CAPACITY && !fresh {
+            return Err(Error::Corrupt(format!(
+                "{}: the write-ahead log is {len} bytes, shorter than the {CAPACITY} bytes it \
+                 is created with: it was truncated and may have lost acknowledged writes",
+                path.display()
+            )));
+        }
+        let mut payloads = Vec::new();
         let mut last_seq = checkpoint_seq;
         if existed && len > 0 {
             let mut bytes = Vec::with_capacity(len as usize);
             file.seek(SeekFrom::Start(0))
                 .and_then(|_| file.read_to_end(&mut bytes))
                 .map_err(io_err("cannot read the log", &path))?;
-            // The log is one run of consecutive sequence numbers from offset 0; entries the
-            // checkpoint already covers are skipped, the rest replayed.
-            let mut at = 0usize;
-            let mut prev: Option<u64> = None;
-            while let Some((seq, ops, next)) = decode_entry(&bytes, at) {
-                match prev {
-                    None if seq > checkpoint_seq + 1 => {
-                        return Err(Error::Engine(format!(
-                            "{}: the write-ahead log starts at entry {seq} but the engine's \
-                             last checkpoint is {checkpoint_seq}: entries are missing; refusing \
-                             to start rather than lose acknowledged writes",
-                            path.display()
-                        )))
-                    }
-                    Some(p) if seq != p + 1 => break,
-                    _ => {}
+            let scan = scan(&bytes, checkpoint_seq).map_err(|(at, what)| {
+                if at == 0 {
+                    Error::Corrupt(format!("{}: {what}", path.display()))
+                } else {
+                    damaged(&path, at, what)
                 }
+            })?;
+            for (seq, range) in scan {
                 if seq > checkpoint_seq {
-                    entries.push(ops);
+                    payloads.push(bytes[range].to_vec());
                     last_seq = seq;
                 }
-                prev = Some(seq);
-                at = next;
             }
         }
         if len < CAPACITY {
@@ -125,9 +135,7 @@ impl Wal {
             }
             file.sync_all()
                 .map_err(io_err("cannot sync the log", &path))?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("cannot sync", dir))?;
+            crate::disk::sync_dir(dir)?;
         }
         Ok((
             Wal {
@@ -137,7 +145,7 @@ impl Wal {
                 last_seq,
                 buf: Vec::new(),
             },
-            entries,
+            payloads,
         ))
     }
 
@@ -151,162 +159,163 @@ impl Wal {
         self.offset >= CHECKPOINT_AT
     }
 
-    /// Appends `ops` as the next entry and makes it durable. `Ok(false)`: no room, the caller
-    /// commits durably instead.
-    pub(crate) fn append(&mut self, ops: &[WalOp]) -> Result<bool, Error> {
+    /// Whether an entry with a payload of `len` bytes fits after the last one.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.offset + (len + FRAMING) as u64 <= CAPACITY
+    }
+
+    /// Appends `payload` as the next entry and makes it durable. The caller checked
+    /// [`Wal::fits`]. An error means the entry may or may not be durable.
+    pub(crate) fn append(&mut self, payload: &[u8]) -> Result<(), Error> {
         let seq = self.last_seq + 1;
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0u8; HEADER]);
-        encode_ops(ops, &mut self.buf);
-        let body_len = self.buf.len() - HEADER;
-        if self.offset + self.buf.len() as u64 > CAPACITY {
-            return Ok(false);
-        }
-        let len = u32::try_from(body_len)
+        let len = u32::try_from(payload.len())
             .map_err(|_| Error::Engine("a commit group is larger than 4 GiB".into()))?;
-        self.buf[8..16].copy_from_slice(&seq.to_le_bytes());
-        let mut h = crc32fast::Hasher::new();
-        h.update(&self.buf[8..]);
-        let crc = h.finalize();
-        self.buf[0..4].copy_from_slice(&len.to_le_bytes());
-        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        let header = header_bytes(len, checksum(len, seq, payload), seq);
+        self.buf.clear();
+        self.buf.extend_from_slice(&header);
+        self.buf.extend_from_slice(payload);
+        self.buf.extend_from_slice(&header);
         self.file
             .write_all_at(&self.buf, self.offset)
             .and_then(|()| self.file.sync_data())
             .map_err(io_err("cannot append to the log", &self.path))?;
         self.offset += self.buf.len() as u64;
         self.last_seq = seq;
-        Ok(true)
+        Ok(())
     }
 
-    /// After a durable commit that recorded `last_seq` as its checkpoint: start over.
+    /// After a durable commit that recorded [`Wal::last_seq`] as its checkpoint: start over.
     pub(crate) fn reset(&mut self) {
         self.offset = 0;
     }
 }
 
-/// Records `wal_checkpoint_seq` in a transaction that is about to commit durably.
-pub(crate) fn mark_checkpoint(wtxn: &WriteTransaction, seq: u64) -> Result<(), Error> {
-    let mut meta = wtxn
-        .open_table(META)
-        .map_err(|e| Error::Engine(format!("open meta: {e}")))?;
-    put_meta_i64(&mut meta, "wal_checkpoint_seq", seq as i64)
+fn header_bytes(len: u32, crc: u32, seq: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    h
 }
 
-/// Applies replayed entries to a transaction.
-pub(crate) fn apply(wtxn: &WriteTransaction, entries: &[Vec<WalOp>]) -> Result<(), Error> {
-    let engine = |what: &'static str| move |e: redb::Error| Error::Engine(format!("{what}: {e}"));
-    let mut records = wtxn
-        .open_table(RECORDS)
-        .map_err(|e| engine("open records")(e.into()))?;
-    let mut meta = wtxn
-        .open_table(META)
-        .map_err(|e| engine("open meta")(e.into()))?;
-    let mut leases = wtxn
-        .open_table(LEASES)
-        .map_err(|e| engine("open leases")(e.into()))?;
-    for ops in entries {
-        for op in ops {
-            match op {
-                WalOp::PutRecord(k, v) => {
-                    records
-                        .insert(k.as_slice(), v.as_slice())
-                        .map_err(|e| engine("replay record")(e.into()))?;
-                }
-                WalOp::DelRecord(k) => {
-                    records
-                        .remove(k.as_slice())
-                        .map_err(|e| engine("replay compaction")(e.into()))?;
-                }
-                WalOp::Meta(name, v) => put_meta_i64(&mut meta, name, *v)?,
-                WalOp::DelLease(id) => {
-                    leases
-                        .remove(*id)
-                        .map_err(|e| engine("replay lease removal")(e.into()))?;
-                }
-            }
-        }
-    }
-    let _ = records.len();
-    Ok(())
+/// A decoded header: `(len, crc, seq)`.
+fn parse_header(b: &[u8]) -> Option<(usize, u32, u64)> {
+    let len = u32::from_le_bytes(b.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+    let seq = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    Some((len, crc, seq))
 }
 
-fn encode_ops(ops: &[WalOp], out: &mut Vec<u8>) {
-    let put_bytes = |out: &mut Vec<u8>, b: &[u8]| {
-        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        out.extend_from_slice(b);
-    };
-    for op in ops {
-        match op {
-            WalOp::PutRecord(k, v) => {
-                out.push(1);
-                put_bytes(out, k);
-                put_bytes(out, v);
-            }
-            WalOp::DelRecord(k) => {
-                out.push(2);
-                put_bytes(out, k);
-            }
-            WalOp::Meta(name, v) => {
-                out.push(3);
-                put_bytes(out, name.as_bytes());
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            WalOp::DelLease(id) => {
-                out.push(4);
-                out.extend_from_slice(&id.to_le_bytes());
-            }
-        }
-    }
-}
-
-/// Decodes the entry at `at`: `(seq, ops, next offset)`, or `None` at the end of the log, a
-/// checksum mismatch or anything malformed.
-fn decode_entry(bytes: &[u8], at: usize) -> Option<(u64, Vec<WalOp>, usize)> {
-    let header = bytes.get(at..at.checked_add(HEADER)?)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    let seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
-    let end = at.checked_add(HEADER)?.checked_add(len)?;
-    let body = bytes.get(at + HEADER..end)?;
+/// The checksum of an entry: its length, sequence number and payload.
+fn checksum(len: u32, seq: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(&header[8..16]);
-    h.update(body);
-    if h.finalize() != crc || seq == 0 {
+    h.update(&len.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// The entry at `at` if its header and checksum hold: `(seq, payload range, next)`. The
+/// trailer is not needed for that (a damaged trailer leaves the entry whole); it only serves as
+/// evidence that an entry was written completely.
+fn entry_at(bytes: &[u8], at: usize) -> Option<(u64, std::ops::Range<usize>, usize)> {
+    let header = bytes.get(at..at.checked_add(HEADER)?)?;
+    let (len, crc, seq) = parse_header(header)?;
+    let body = at + HEADER;
+    let end = body.checked_add(len)?.checked_add(HEADER)?;
+    let payload = bytes.get(body..end - HEADER)?;
+    if seq == 0 || checksum(len as u32, seq, payload) != crc {
         return None;
     }
-    let ops = decode_ops(body)?;
-    Some((seq, ops, end))
+    Some((seq, body..end - HEADER, end))
 }
 
-fn decode_ops(mut b: &[u8]) -> Option<Vec<WalOp>> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
+/// Scans the log: the run of entries from offset 0 as `(seq, payload range)`, or where and why
+/// the log is damaged.
+#[allow(clippy::type_complexity)]
+fn scan(
+    bytes: &[u8],
+    checkpoint_seq: u64,
+) -> Result<Vec<(u64, std::ops::Range<usize>)>, (usize, String)> {
+    let mut run = Vec::new();
+    let mut at = 0usize;
+    let mut prev: Option<u64> = None;
+    while let Some((seq, range, next)) = entry_at(bytes, at) {
+        match prev {
+            None if seq > checkpoint_seq + 1 => {
+                return Err((
+                    0,
+                    format!(
+                        "the write-ahead log starts at entry {seq} but the engine's last \
+                         checkpoint is entry {checkpoint_seq}: entries {} to {} are missing; \
+                         refusing to start rather than lose acknowledged writes",
+                        checkpoint_seq + 1,
+                        seq - 1
+                    ),
+                ))
+            }
+            Some(p) if seq != p + 1 => break,
+            _ => {}
         }
-        let (head, rest) = b.split_at(n);
-        *b = rest;
-        Some(head)
+        run.push((seq, range));
+        prev = Some(seq);
+        at = next;
     }
-    fn bytes(b: &mut &[u8]) -> Option<Vec<u8>> {
-        let n = u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize;
-        take(b, n).map(<[u8]>::to_vec)
+    // The run ended at `at`. Only an unacknowledged, torn last write may end it: look for any
+    // sign of a write after it.
+    let expected = prev
+        .map_or(checkpoint_seq + 1, |p| p + 1)
+        .max(checkpoint_seq + 1);
+    if let Some((pos, seq)) = later_write(bytes, at, expected) {
+        return Err((
+            at,
+            format!("entry {expected} is damaged (a complete entry {seq} follows at offset {pos})"),
+        ));
     }
-    fn int(b: &mut &[u8]) -> Option<i64> {
-        Some(i64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+    Ok(run)
+}
+
+/// The first trace, at or after `from`, of an entry written after the run ended: a whole entry
+/// or a trailer with a sequence number above `expected`, or a header/trailer pair confirming
+/// that entry `expected` itself was written completely at `from` (so its damage is not a torn
+/// write). Only 16-byte windows whose sequence number is plausible are checked further.
+fn later_write(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)> {
+    let max_seq = expected.saturating_add(CAPACITY / FRAMING as u64);
+    // Entry `expected` at `from`: its header and trailer agree (its body is what is damaged).
+    if let Some(h) = bytes.get(from..from + HEADER) {
+        if let Some((len, _, seq)) = parse_header(h) {
+            let end = from + HEADER + len;
+            if seq == expected && bytes.get(end..end + HEADER) == Some(h) {
+                return Some((from, seq));
+            }
+        }
     }
-    let mut ops = Vec::new();
-    while !b.is_empty() {
-        let tag = take(&mut b, 1)?[0];
-        ops.push(match tag {
-            1 => WalOp::PutRecord(bytes(&mut b)?, bytes(&mut b)?),
-            2 => WalOp::DelRecord(bytes(&mut b)?),
-            3 => WalOp::Meta(String::from_utf8(bytes(&mut b)?).ok()?, int(&mut b)?),
-            4 => WalOp::DelLease(int(&mut b)?),
-            _ => return None,
-        });
+    let mut pos = from;
+    while pos + HEADER <= bytes.len() {
+        if let Some((len, _, seq)) = parse_header(&bytes[pos..pos + HEADER]) {
+            if seq >= expected && seq <= max_seq {
+                // A whole later entry starting here.
+                if seq > expected && entry_at(bytes, pos).is_some() {
+                    return Some((pos, seq));
+                }
+                // The trailer of entry `expected` (its header may be the damaged part).
+                if seq == expected && pos >= from + HEADER + len && pos - HEADER - len == from {
+                    return Some((pos, seq));
+                }
+                // The trailer of a later entry whose header is damaged.
+                if seq > expected && pos >= HEADER + len {
+                    let start = pos - HEADER - len;
+                    if start >= from
+                        && bytes.get(start + 8..start + 16) == Some(&bytes[pos + 8..pos + 16])
+                    {
+                        return Some((start, seq));
+                    }
+                }
+            }
+        }
+        pos += 1;
     }
-    Some(ops)
+    None
 }
 
 #[cfg(test)]
@@ -315,71 +324,158 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn ops(i: u8) -> Vec<WalOp> {
-        vec![
-            WalOp::PutRecord(vec![i; 12], vec![i; 40]),
-            WalOp::DelRecord(vec![i; 12]),
-            WalOp::Meta("current_revision".into(), i as i64),
-            WalOp::DelLease(-(i as i64)),
-        ]
+    fn payload(i: u8) -> Vec<u8> {
+        vec![i; 40 + i as usize]
+    }
+
+    fn write(dir: &Path, n: u8) -> Vec<u64> {
+        let (mut wal, _) = Wal::open(dir, 0, true).unwrap();
+        let mut offsets = Vec::new();
+        for i in 1..=n {
+            offsets.push(wal.offset);
+            wal.append(&payload(i)).unwrap();
+        }
+        offsets
     }
 
     #[test]
     fn entries_after_the_checkpoint_come_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, replay) = Wal::open(dir.path(), 0).unwrap();
-        assert!(replay.is_empty());
-        for i in 1..=5 {
-            assert!(wal.append(&ops(i)).unwrap());
-        }
-        drop(wal);
-        let (wal, replay) = Wal::open(dir.path(), 2).unwrap();
-        assert_eq!(replay, vec![ops(3), ops(4), ops(5)]);
+        write(dir.path(), 5);
+        let (wal, replay) = Wal::open(dir.path(), 2, false).unwrap();
+        assert_eq!(replay, vec![payload(3), payload(4), payload(5)]);
         assert_eq!(wal.last_seq(), 5);
     }
 
     #[test]
     fn old_entries_after_a_restart_at_offset_zero_are_not_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 0).unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, true).unwrap();
         for i in 1..=4 {
-            wal.append(&ops(i)).unwrap();
+            wal.append(&payload(i)).unwrap();
         }
         // Checkpoint at 4, then one new entry overwrites the start of the log.
         wal.reset();
-        wal.append(&ops(5)).unwrap();
+        wal.append(&payload(5)).unwrap();
         drop(wal);
-        let (_, replay) = Wal::open(dir.path(), 4).unwrap();
-        assert_eq!(replay, vec![ops(5)]);
+        let (_, replay) = Wal::open(dir.path(), 4, false).unwrap();
+        assert_eq!(replay, vec![payload(5)]);
         // Checkpoint at 5 with nothing after it: nothing to replay.
-        let (_, replay) = Wal::open(dir.path(), 5).unwrap();
+        let (_, replay) = Wal::open(dir.path(), 5, false).unwrap();
         assert!(replay.is_empty());
     }
 
     #[test]
-    fn a_torn_or_corrupt_entry_ends_the_log() {
+    fn a_torn_last_entry_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path(), 0).unwrap();
-        for i in 1..=3 {
-            wal.append(&ops(i)).unwrap();
-        }
-        let second = wal.offset;
-        drop(wal);
-        // Flip a byte in the middle of the log: entries from the damaged one on are dropped.
+        let offsets = write(dir.path(), 3);
+        // The last entry's trailer and part of its body never reached the disk.
         let path = dir.path().join(WAL_FILE);
         let mut bytes = fs::read(&path).unwrap();
-        let first_len = second as usize / 3;
-        bytes[first_len + HEADER + 3] ^= 0xff;
+        let third = offsets[2] as usize;
+        for b in &mut bytes[third + HEADER + 10..third + 200] {
+            *b = 0;
+        }
         fs::write(&path, &bytes).unwrap();
-        let (_, replay) = Wal::open(dir.path(), 0).unwrap();
-        assert_eq!(replay, vec![ops(1)]);
+        let (wal, replay) = Wal::open(dir.path(), 0, false).unwrap();
+        assert_eq!(replay, vec![payload(1), payload(2)]);
+        assert_eq!(wal.last_seq(), 2);
+    }
+
+    #[test]
+    fn damage_before_a_later_entry_refuses_to_open() {
+        // Every byte of entries 1 and 2 (header, body, trailer): entry 3 follows, so any flip
+        // there is damage, never a torn write, and must not silently drop entries 2 and 3.
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write(dir.path(), 3);
+        let path = dir.path().join(WAL_FILE);
+        let clean = fs::read(&path).unwrap();
+        for at in 0..offsets[2] as usize {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x40;
+            fs::write(&path, &bytes).unwrap();
+            match Wal::open(dir.path(), 0, false) {
+                Err(Error::Corrupt(msg)) => {
+                    assert!(msg.contains(WAL_FILE), "{msg}");
+                    assert!(msg.contains("offset"), "{msg}");
+                }
+                Ok((_, replay)) => {
+                    // Only a flip in a trailer leaves the entry whole by its header and checksum.
+                    let in_trailer = offsets[1..]
+                        .iter()
+                        .any(|&next| (next as usize - HEADER..next as usize).contains(&at));
+                    assert!(in_trailer, "flip at {at} was accepted");
+                    assert_eq!(
+                        replay,
+                        vec![payload(1), payload(2), payload(3)],
+                        "flip at {at}"
+                    );
+                }
+                Err(e) => panic!("flip at {at}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn damage_in_a_complete_last_entry_refuses_to_open() {
+        // A flip anywhere in the last entry's header or body: its trailer shows it was written
+        // whole and acknowledged, so it is damage, not a torn write. A flip in the trailer
+        // leaves the entry whole.
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = write(dir.path(), 3);
+        let path = dir.path().join(WAL_FILE);
+        let clean = fs::read(&path).unwrap();
+        let start = offsets[2] as usize;
+        let trailer = start + HEADER + payload(3).len();
+        for at in start..trailer + HEADER {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x08;
+            fs::write(&path, &bytes).unwrap();
+            match Wal::open(dir.path(), 0, false) {
+                Err(Error::Corrupt(_)) => assert!(at < trailer, "flip at {at} refused"),
+                Ok((_, replay)) => {
+                    assert!(at >= trailer, "flip at {at} accepted");
+                    assert_eq!(replay.len(), 3);
+                }
+                Err(e) => panic!("flip at {at}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_or_truncated_log_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 2);
+        let path = dir.path().join(WAL_FILE);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(4096).unwrap();
+        drop(f);
+        let err = Wal::open(dir.path(), 0, false).unwrap_err();
+        assert!(err.to_string().contains("shorter"), "{err}");
+        fs::remove_file(&path).unwrap();
+        let err = Wal::open(dir.path(), 1, false).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_log_starting_beyond_the_checkpoint_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, true).unwrap();
+        wal.last_seq = 9;
+        wal.append(&payload(1)).unwrap();
+        drop(wal);
+        let err = Wal::open(dir.path(), 3, false).unwrap_err();
+        assert!(
+            err.to_string().contains("entries 4 to 9 are missing"),
+            "{err}"
+        );
     }
 
     #[test]
     fn file_is_preallocated_and_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        drop(Wal::open(dir.path(), 0).unwrap());
+        drop(Wal::open(dir.path(), 0, true).unwrap());
         let m = fs::metadata(dir.path().join(WAL_FILE)).unwrap();
         assert_eq!(m.len(), CAPACITY);
         assert_eq!(m.permissions().mode() & 0o777, 0o600);

@@ -29,7 +29,7 @@ use coffer_proto::mvccpb::{event::EventType, Event};
 use prost::Message;
 use tokio::sync::{mpsc, Notify};
 
-use crate::writer::CommittedRevision;
+use crate::events::CommittedRevision;
 use crate::Error;
 
 /// Most revisions one catch-up batch reads from history (etcd's cap too).
