@@ -1,7 +1,8 @@
 //! The side-by-side suite: each scenario sends the same requests to a fresh Debian etcd 3.4.23
 //! and to a fresh `coffer serve`, and the normalized answers must be equal, except for the
-//! differences listed in [`EXPECTED`] (where 3.4.23 is older than the etcd 3.5 behaviour Coffer
-//! implements, each with its upstream issue).
+//! differences listed in [`EXPECTED`], each with its reason: an upstream issue where 3.4.23 is
+//! older than the etcd 3.5 behaviour Coffer implements, or "none:" where Coffer fills a field
+//! no 3.4 release fills (headers, the 3.6 `hash_revision`).
 //!
 //! Run: `cargo build -p coffer && cargo test -p coffer-conformance --test side_by_side`.
 //! `COFFER_CONFORMANCE_AGAINST=etcd` compares etcd with a second etcd instead (harness

@@ -1,7 +1,8 @@
 //! Watch, end to end: the same watch scenario against a fresh Debian etcd 3.4.23 and a fresh
 //! `coffer serve` (real processes, real gRPC streams), answers normalized (member/cluster ids
-//! and raft term dropped) and compared, except for the differences listed in [`EXPECTED`]
-//! where 3.4.23 is older than the etcd 3.5.13+ behaviour Coffer implements.
+//! and raft term dropped) and compared, except for the differences listed in [`EXPECTED`]:
+//! where 3.4.23 is older than the etcd 3.5.13+ behaviour Coffer implements, and one deliberate
+//! Coffer difference (prev_kv on the events of a watch at the compacted revision).
 //!
 //! Run: `cargo build -p coffer && cargo test -p coffer-conformance --test watch`.
 
@@ -57,9 +58,12 @@ const EXPECTED: &[Expected] = &[
     ),
     (
         "create at compaction",
-        "etcd-io/etcd#19179 family: etcd's compaction at R drops the versions that revision R's \
-         events replaced, so a watch opened at R gets them without prev_kv (and loses a \
-         tombstone at R); Coffer keeps them until the next compaction",
+        "etcd-io/etcd#19179: not a newer-etcd behaviour but a deliberate Coffer difference. etcd \
+         3.4.23's compaction at R drops the versions revision R's events replaced, so a watch \
+         opened at R gets the put without prev_kv; the 3.5 releases with the #19179 fix deliver \
+         the DELETE at R but also without prev_kv, which kube-apiserver's watch cache treats as \
+         an error. Coffer keeps those versions until the next compaction and sends both events \
+         with prev_kv",
         || {
             json!([{"cancel_reason":"","canceled":false,"compact_revision":0,"created":true,
                 "events":[],"fragment":false,"revision":5,"watch_id":4},
