@@ -251,7 +251,12 @@ async fn check_values(kv: &mut KvClient<Channel>, expect: &[(String, Option<Vec<
 async fn no_plaintext_value_reaches_the_disk() {
     let marker = unique_marker("CofferPlainMarker");
     let probes = forms(&marker);
-    let mut coffer = CofferProcess::start(CofferOptions::default()).unwrap();
+    // The most verbose level, so a value in any trace or debug line is found in the log scan.
+    let mut coffer = CofferProcess::start(CofferOptions {
+        extra_args: vec!["--log-level".into(), "trace".into()],
+        ..Default::default()
+    })
+    .unwrap();
     let mut kv = client(&coffer).await;
     let expect = write_markers(&mut kv, &marker).await;
     check_values(&mut kv, &expect).await;
@@ -279,8 +284,9 @@ async fn no_plaintext_value_reaches_the_disk() {
     eprintln!("marker scan: {files} files, {bytes} bytes under the data dir, no marker");
     // The key file lives outside the data directory.
     assert!(!coffer.key_file().starts_with(coffer.data_dir()));
-    // No value in the log either.
+    // No value in the log either, at trace level (checked to be on: trace lines were written).
     let log = coffer.log();
+    assert!(log.contains("TRACE"), "no trace line in the server log");
     for f in &probes {
         assert!(
             !log.as_bytes().windows(f.len()).any(|w| w == f.as_slice()),

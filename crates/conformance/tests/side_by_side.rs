@@ -1,7 +1,8 @@
 //! The side-by-side suite: each scenario sends the same requests to a fresh Debian etcd 3.4.23
 //! and to a fresh `coffer serve`, and the normalized answers must be equal, except for the
-//! differences listed in [`EXPECTED`] (where 3.4.23 is older than the etcd 3.5 behaviour Coffer
-//! implements, each with its upstream issue).
+//! differences listed in [`EXPECTED`], each with its reason: an upstream issue where 3.4.23 is
+//! older than the etcd 3.5 behaviour Coffer implements, or "none:" where Coffer fills a field
+//! no 3.4 release fills (headers, the 3.6 `hash_revision`).
 //!
 //! Run: `cargo build -p coffer && cargo test -p coffer-conformance --test side_by_side`.
 //! `COFFER_CONFORMANCE_AGAINST=etcd` compares etcd with a second etcd instead (harness
@@ -37,7 +38,7 @@ const EXPECTED: &[ExpectedDifference] = &[
         step: "member list",
         issue: MEMBER_LIST_HEADER,
         why: MEMBER_LIST_WHY,
-        expected_from_etcd: |v| v["header"]["revision"] = json!(5),
+        expected_from_etcd: |v| v["header"]["revision"] = json!(6),
     },
     ExpectedDifference {
         scenario: "etcdctl_status_and_members",
@@ -98,7 +99,58 @@ const EXPECTED: &[ExpectedDifference] = &[
             }
         },
     },
+    ExpectedDifference {
+        scenario: "maintenance_and_cluster",
+        step: "hashkv 0",
+        issue: HASH_REVISION,
+        why: HASH_REVISION_WHY,
+        expected_from_etcd: |v| v["hash_revision"] = json!(5),
+    },
+    ExpectedDifference {
+        scenario: "maintenance_and_cluster",
+        step: "hashkv 5",
+        issue: HASH_REVISION,
+        why: HASH_REVISION_WHY,
+        expected_from_etcd: |v| v["hash_revision"] = json!(5),
+    },
+    ExpectedDifference {
+        scenario: "maintenance_and_cluster",
+        step: "hashkv after a put: current changed, revision 5 unchanged",
+        issue: HASH_REVISION,
+        why: HASH_REVISION_WHY,
+        expected_from_etcd: |v| {
+            v["0"]["hash_revision"] = json!(6);
+            v["5"]["hash_revision"] = json!(5);
+        },
+    },
+    ExpectedDifference {
+        scenario: "maintenance_and_cluster",
+        step: "defragment",
+        issue: EMPTY_HEADER,
+        why: EMPTY_HEADER_WHY,
+        expected_from_etcd: |v| v["header"] = filled_header_at_6(),
+    },
+    ExpectedDifference {
+        scenario: "maintenance_and_cluster",
+        step: "move leader to self",
+        issue: EMPTY_HEADER,
+        why: EMPTY_HEADER_WHY,
+        expected_from_etcd: |v| v["header"] = filled_header_at_6(),
+    },
 ];
+
+const HASH_REVISION: &str =
+    "none: etcd-api.md HashKVResponse.hash_revision is a 3.6 field (3.4 and 3.5 leave it 0)";
+const HASH_REVISION_WHY: &str =
+    "Coffer fills it with the revision hashed, as 3.6 does; older clients ignore an unknown field";
+const EMPTY_HEADER: &str = "none: etcd-api.md §1.1 [obs] (etcd 3.4.23 answers Defragment and \
+     MoveLeader with an empty response, no header; Coffer fills the header)";
+const EMPTY_HEADER_WHY: &str =
+    "no client reads these headers; the error answers (bad transferee) are compared unchanged";
+
+fn filled_header_at_6() -> Value {
+    json!({"revision": 6, "raft_term": 2, "cluster_id_set": true, "member_id_set": true})
+}
 
 macro_rules! scenario_tests {
     ($($name:ident),* $(,)?) => {
@@ -1777,7 +1829,7 @@ mod scenarios {
     }
 
     pub async fn maintenance_and_cluster(mut s: Session) -> Session {
-        use coffer_conformance::json::{header, status};
+        use coffer_conformance::json::status;
         use coffer_proto::{
             AlarmRequest, DefragmentRequest, HashKvRequest, MemberPromoteRequest,
             MemberRemoveRequest, MoveLeaderRequest,
@@ -1793,14 +1845,22 @@ mod scenarios {
             },
         )
         .await;
+        // HashKV values differ by design (etcd hashes bbolt pages holding plaintext, Coffer
+        // sealed records), so what must hold on both is compared: fields, stability for the
+        // same state, a change after a put, and a past revision's hash unmoved by new writes.
+        let mut hashes = std::collections::BTreeMap::new();
         for rev in [0, 2, 3, 5, 100] {
             let r = s.maintenance.hash_kv(HashKvRequest { revision: rev }).await;
-            let a = match r {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    json!({"header": header(&r.header), "hash_nonzero": r.hash != 0, "compact_revision": r.compact_revision})
+            let again = s.maintenance.hash_kv(HashKvRequest { revision: rev }).await;
+            let a = match (r, again) {
+                (Ok(r), Ok(again)) => {
+                    let (r, again) = (r.into_inner(), again.into_inner());
+                    hashes.insert(rev, r.hash);
+                    json!({"header": full_header(&r.header), "hash_nonzero": r.hash != 0,
+                        "same_when_asked_again": r.hash == again.hash,
+                        "compact_revision": r.compact_revision, "hash_revision": r.hash_revision})
                 }
-                Err(e) => status(&e),
+                (Err(e), _) | (_, Err(e)) => status(&e),
             };
             s.record(
                 &format!("hashkv {rev}"),
@@ -1808,6 +1868,26 @@ mod scenarios {
                 a,
             );
         }
+        s.put_kv("put after hashkv", "k", "x").await;
+        let mut after = serde_json::Map::new();
+        for rev in [0, 5] {
+            let r = s.maintenance.hash_kv(HashKvRequest { revision: rev }).await;
+            let a = match r {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    json!({"header": full_header(&r.header), "hash_revision": r.hash_revision,
+                        "compact_revision": r.compact_revision,
+                        "equal_to_before_the_put": hashes.get(&rev) == Some(&r.hash)})
+                }
+                Err(e) => status(&e),
+            };
+            after.insert(rev.to_string(), a);
+        }
+        s.record(
+            "hashkv after a put: current changed, revision 5 unchanged",
+            json!({"hash_kv": [0, 5]}),
+            Value::Object(after),
+        );
         let r = s
             .maintenance
             .alarm(AlarmRequest {
@@ -1821,9 +1901,19 @@ mod scenarios {
             Err(e) => status(&e),
         };
         s.record("alarm get", json!({"alarm": "GET"}), a);
+        // Defragment after a physical compaction: its header, and the file not growing.
+        let size = |r: &Result<tonic::Response<coffer_proto::StatusResponse>, tonic::Status>| {
+            r.as_ref().map(|r| r.get_ref().db_size).unwrap_or(-1)
+        };
+        let before = s.maintenance.status(coffer_proto::StatusRequest {}).await;
         let r = s.maintenance.defragment(DefragmentRequest {}).await;
+        let after = s.maintenance.status(coffer_proto::StatusRequest {}).await;
         let a = match r {
-            Ok(_) => json!({"ok": true}),
+            Ok(r) => json!({
+                "header": full_header(&r.into_inner().header),
+                "db_size_not_grown": size(&after) <= size(&before) && size(&after) > 0,
+                "db_size_in_use_le_db_size": after.as_ref().map(|r| r.get_ref().db_size_in_use <= r.get_ref().db_size).unwrap_or(false),
+            }),
             Err(e) => status(&e),
         };
         s.record("defragment", json!({"defragment": {}}), a);
@@ -1832,24 +1922,21 @@ mod scenarios {
             .await
             .and_then(|m| m.header.map(|h| h.member_id))
             .unwrap_or(0);
-        let r = s
-            .maintenance
-            .move_leader(MoveLeaderRequest { target_id: me })
-            .await;
-        let a = match r {
-            Ok(_) => json!({"ok": true}),
-            Err(e) => status(&e),
-        };
-        s.record("move leader to self", json!({"move_leader": "self"}), a);
-        let r = s
-            .maintenance
-            .move_leader(MoveLeaderRequest { target_id: me ^ 1 })
-            .await;
-        let a = match r {
-            Ok(_) => json!({"ok": true}),
-            Err(e) => status(&e),
-        };
-        s.record("move leader to other", json!({"move_leader": "other"}), a);
+        for (label, target, request) in [
+            ("move leader to self", me, "self"),
+            ("move leader to other", me ^ 1, "other"),
+            ("move leader to 0", 0, "zero"),
+        ] {
+            let r = s
+                .maintenance
+                .move_leader(MoveLeaderRequest { target_id: target })
+                .await;
+            let a = match r {
+                Ok(r) => json!({"header": full_header(&r.into_inner().header)}),
+                Err(e) => status(&e),
+            };
+            s.record(label, json!({"move_leader": request}), a);
+        }
         let r = s
             .cluster
             .member_remove(MemberRemoveRequest { id: me ^ 1 })
@@ -1883,6 +1970,16 @@ mod scenarios {
         s.record("promote unknown", json!({"member_promote": "unknown"}), a);
         s.range("still serving", range("k")).await;
         s
+    }
+
+    /// A header with what two healthy single members share: the revision and raft term, and
+    /// whether the ids are set (their values are the server's own).
+    fn full_header(h: &Option<coffer_proto::ResponseHeader>) -> Value {
+        match h {
+            None => Value::Null,
+            Some(h) => json!({"revision": h.revision, "raft_term": h.raft_term,
+                "cluster_id_set": h.cluster_id != 0, "member_id_set": h.member_id != 0}),
+        }
     }
 
     /// etcdctl's JSON for get/put/del, keys base64, normalized.

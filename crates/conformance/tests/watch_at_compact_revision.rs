@@ -1,8 +1,11 @@
 //! A watch opened at exactly the compacted revision must deliver that revision's events,
-//! tombstones included, with their prev_kv (etcd-io/etcd#19179: etcd drops the tombstone at the
-//! compacted revision, so such a watch misses the DELETE). Checked against `coffer serve`, also
-//! after a SIGKILL and restart, and against Debian's etcd 3.4.23 to show the test can fail: the
-//! bug is listed there as the expected difference.
+//! tombstones included, with their prev_kv. etcd 3.4.23 drops the tombstone at the compacted
+//! revision, so such a watch misses the DELETE (etcd-io/etcd#19179); the fixed 3.5 releases
+//! deliver it but without prev_kv, which kube-apiserver's watch cache treats as an error.
+//! Coffer keeps the replaced versions until the next compaction and sends the DELETE with
+//! prev_kv: a deliberate difference from every etcd release, not "3.4.23 is older". Checked
+//! against `coffer serve`, also after a SIGKILL and restart, and against Debian's etcd 3.4.23
+//! to show the test can fail there.
 //!
 //! Run: `cargo build -p coffer && cargo test -p coffer-conformance --test watch_at_compact_revision`.
 
@@ -117,7 +120,7 @@ async fn watch_at_compact_revision_delivers_its_delete_etcd_19179() {
     assert_eq!(watch_from(&coffer.endpoint(), 5).await, expected());
 
     // The same against etcd 3.4.23, which has the bug: the DELETE at the compacted revision is
-    // gone. If a future etcd delivers it, this expected difference is obsolete.
+    // gone. A fixed etcd would deliver it without prev_kv, still not what Coffer must send.
     let etcd = EtcdProcess::start().unwrap();
     write_and_compact(&etcd.endpoint()).await;
     let got = watch_from(&etcd.endpoint(), 5).await;

@@ -382,6 +382,22 @@ async fn maintenance_and_cluster() {
     assert_eq!(h1.hash, h2.hash);
     let current = h1.header.as_ref().map_or(0, |h| h.revision);
     assert_eq!(h1.hash_revision, current);
+    // A put changes it; the hash at the earlier revision stays what it was.
+    kv.put(put("hash-probe", b"1")).await.unwrap();
+    let h3 = m
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h3.hash_revision, current + 1);
+    assert_ne!(h3.hash, h1.hash, "HashKV did not change after a put");
+    let at = m
+        .hash_kv(HashKvRequest { revision: current })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((at.hash, at.hash_revision), (h1.hash, current));
+    let current = current + 1;
     assert_status(
         m.hash_kv(HashKvRequest {
             revision: current + 100,

@@ -179,21 +179,40 @@ async fn keep_alive_and_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remaining_ttl_is_frozen_across_restart() {
+    use std::time::Instant;
     let dir = tempfile::tempdir().unwrap();
+    // Bounds from measured times, not fixed windows: `alive` over-estimates how long the lease
+    // ran while the store was open, `down` under-estimates the downtime.
+    let t0 = Instant::now();
     let (id, rev) = {
         let s = open(dir.path());
         let (id, _) = grant(&s, 0, 30).await.unwrap();
         let rev = put(&s, "k", id).await.unwrap();
+        // At least 1.2 s alive, so a TTL reset to full (29 whole seconds) is told apart from
+        // the frozen one (28 at most).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
         s.close();
         (id, rev)
     };
+    let t1 = Instant::now();
     // Downtime must not count.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let t2 = Instant::now();
     let s = open(dir.path());
     let st = s.lease_status(id).unwrap();
+    let alive = (t1 - t0) + t2.elapsed();
+    let down = t2 - t1;
     assert_eq!(st.granted_ttl, 30);
-    assert!(st.remaining >= 28, "downtime counted: {}", st.remaining);
-    assert!(st.remaining <= 29, "reset to full: {}", st.remaining);
+    // Frozen: floor(30 - actual alive time) >= floor(30 - alive). Had the downtime counted,
+    // remaining would be <= floor(30 - 1.2 - down), below that bound unless this machine
+    // needed more than `down` - 1 s for opening, granting and closing.
+    let lowest = (30.0 - alive.as_secs_f64()).floor() as i64;
+    assert!(
+        st.remaining >= lowest,
+        "downtime counted: {} < {lowest} (alive {alive:?}, down {down:?})",
+        st.remaining
+    );
+    assert!(st.remaining <= 28, "reset to full: {}", st.remaining);
     assert_eq!(st.keys, vec![b"k".to_vec()]);
     assert_eq!(s.current_revision(), rev);
     // The lease still works after the restart.

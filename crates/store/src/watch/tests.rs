@@ -375,17 +375,30 @@ async fn ids_ranges_and_progress_rules() {
         recv(&mut rx).await,
         Notice::Created { watch_id: 4, .. }
     ));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!ws.request_progress());
+    // Every other watcher on the stream is synced (answered above), so a `true` here could
+    // only come from ignoring the future start; polled for a while, never a false pass.
+    for _ in 0..20 {
+        assert!(
+            !ws.request_progress(),
+            "progress answered below a future start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     ws.progress_tick();
     put(&s, "q", "1").await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(rx.try_recv().is_err(), "nothing may be sent");
+    ws.progress_tick();
+    // progress_tick queues synchronously: had either tick sent anything, it would come before
+    // the cancel's answer, so the next notice must be exactly that answer.
     ws.cancel(4).await;
-    assert!(matches!(
+    assert_eq!(
         recv(&mut rx).await,
-        Notice::Canceled { watch_id: 4, .. }
-    ));
+        Notice::Canceled {
+            watch_id: 4,
+            compact_revision: 0,
+            reason: String::new(),
+            revision: 2,
+        }
+    );
     // A periodic tick reaches a synced progress_notify watcher that got no events.
     let pn = WatchSpec {
         progress_notify: true,
@@ -396,15 +409,37 @@ async fn ids_ranges_and_progress_rules() {
         recv(&mut rx).await,
         Notice::Created { watch_id: 5, .. }
     ));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    ws.progress_tick();
+    // Wait until it is synced (a RequestProgress is answered only then), not a fixed time.
+    let mut answered = false;
+    for _ in 0..1000 {
+        if ws.request_progress() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answered, "watcher 5 never synced");
     assert_eq!(
         recv(&mut rx).await,
         Notice::Progress {
-            watch_id: 5,
+            watch_id: -1,
             revision: 2
         }
     );
+    // One tick: exactly one notification to watcher 5; a second tick right after, with no
+    // event between, gives exactly one more (it got nothing since the previous tick).
+    ws.progress_tick();
+    ws.progress_tick();
+    for _ in 0..2 {
+        assert_eq!(
+            recv(&mut rx).await,
+            Notice::Progress {
+                watch_id: 5,
+                revision: 2
+            }
+        );
+    }
+    assert!(rx.try_recv().is_err(), "two ticks, two notifications");
     drop(ws);
     assert_eq!(hub.watcher_count(), 0);
 }
