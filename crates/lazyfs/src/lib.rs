@@ -99,10 +99,11 @@ pub fn mount(backing: &Path, mountpoint: &Path) -> Result<LazyFs, Error> {
         fuser::MountOption::FSName("coffer-lazyfs".into()),
         fuser::MountOption::Subtype("coffer-lazyfs".into()),
     ];
-    let session = fuser::spawn_mount(filesystem, mountpoint, &config).map_err(|e| Error::Mount {
-        path: mountpoint.to_path_buf(),
-        source: e,
-    })?;
+    let session =
+        fuser::spawn_mount(filesystem, mountpoint, &config).map_err(|e| Error::Mount {
+            path: mountpoint.to_path_buf(),
+            source: e,
+        })?;
     tracing::info!(backing = %backing.display(), mountpoint = %mountpoint.display(), "mounted");
     Ok(LazyFs {
         session: Some(session),

@@ -56,7 +56,9 @@ fn main() -> anyhow::Result<()> {
         let answer = match words.as_slice() {
             ["cut"] => fs.power_cut(Cut::DropAll).map(|r| format!("ok {r:?}")),
             ["cut-prefix", seed] => match seed.parse() {
-                Ok(s) => fs.power_cut(Cut::RandomPrefix(s)).map(|r| format!("ok {r:?}")),
+                Ok(s) => fs
+                    .power_cut(Cut::RandomPrefix(s))
+                    .map(|r| format!("ok {r:?}")),
                 Err(_) => Ok(format!("error: {seed:?} is not a seed")),
             },
             ["sync"] => fs.sync_all().map(|()| "ok".to_string()),

@@ -83,8 +83,8 @@ pub struct Inode {
     pub gid: u32,
     /// Last change (not persisted).
     pub mtime: SystemTime,
-    /// Whether a directory entry names it (no hard links: at most one).
-    linked: bool,
+    /// Directory entries naming it.
+    pub links: u32,
     /// Open handles.
     open: u32,
     /// Where its durable content is in the backing directory, if anywhere.
@@ -115,7 +115,7 @@ impl Inode {
             uid,
             gid,
             mtime: SystemTime::now(),
-            linked: true,
+            links: 1,
             open: 0,
             durable: None,
             file: None,
@@ -197,7 +197,12 @@ impl Model {
             let mut node = Inode::new(kind, meta.mode() & 0o7777, meta.uid(), meta.gid());
             node.durable = Some(entry.path());
             if kind == Kind::File {
-                node.file = Some(OpenOptions::new().read(true).write(true).open(entry.path())?);
+                node.file = Some(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(entry.path())?,
+                );
                 node.size = meta.len();
                 node.durable_len = meta.len();
             }
@@ -290,14 +295,14 @@ impl Model {
     /// `ino` lost its name: drop it when nothing needs it any more.
     fn unlinked(&mut self, ino: u64) -> io::Result<()> {
         let node = self.inode_mut(ino)?;
-        node.linked = false;
+        node.links = node.links.saturating_sub(1);
         self.maybe_drop_orphan(ino)
     }
 
     fn maybe_drop_orphan(&mut self, ino: u64) -> io::Result<()> {
         let orphans = self.orphans();
         let node = self.inode_mut(ino)?;
-        if node.linked || node.open > 0 {
+        if node.links > 0 || node.open > 0 {
             return Ok(());
         }
         if let Some(p) = node.durable.clone() {
@@ -345,6 +350,36 @@ impl Model {
         d.entries.insert(newname.to_os_string(), ino);
         d.mtime = SystemTime::now();
         Ok(())
+    }
+
+    /// A hard link `newname` in `newparent` to the file `ino`.
+    pub fn link(&mut self, ino: u64, newparent: u64, newname: &OsStr) -> io::Result<()> {
+        if self.inode(ino)?.kind != Kind::File {
+            return Err(errno(libc::EPERM));
+        }
+        if self.dir(newparent)?.entries.contains_key(newname) {
+            return Err(errno(libc::EEXIST));
+        }
+        if newparent == ROOT && newname == ORPHANS {
+            return Err(errno(libc::EACCES));
+        }
+        self.inode_mut(ino)?.links += 1;
+        let d = self.inode_mut(newparent)?;
+        d.entries.insert(newname.to_os_string(), ino);
+        d.mtime = SystemTime::now();
+        Ok(())
+    }
+
+    /// Whether `path` in the backing directory is a name `ino` still has in the mount.
+    fn is_current_name(&self, path: &Path, ino: u64) -> bool {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        self.inodes.values().any(|d| {
+            d.kind == Kind::Dir
+                && d.durable.as_deref() == Some(parent)
+                && d.entries.get(name) == Some(&ino)
+        })
     }
 
     /// A handle was opened.
@@ -558,6 +593,13 @@ impl Model {
                 remove_path(&target)?;
             }
             match current {
+                // A second name of a file whose first is still durable and current.
+                Some(from)
+                    if self.inode(*ino)?.kind == Kind::File
+                        && self.is_current_name(&from, *ino) =>
+                {
+                    fs::hard_link(&from, &target)?;
+                }
                 Some(from) => {
                     fs::rename(&from, &target)?;
                     self.repath(&from, &target);
@@ -584,7 +626,7 @@ impl Model {
         let Some(from) = node.durable.clone() else {
             return Ok(());
         };
-        if node.linked || node.open > 0 {
+        if node.links > 0 || node.open > 0 {
             let orphans = self.orphans();
             if !orphans.exists() {
                 fs::DirBuilder::new().mode(0o700).create(&orphans)?;
@@ -654,7 +696,10 @@ impl Model {
             };
             report.writes_kept += keep;
             report.writes_dropped += node.log.len() - keep;
-            let durable_name = node.durable.as_ref().is_some_and(|p| !p.starts_with(&orphans));
+            let durable_name = node
+                .durable
+                .as_ref()
+                .is_some_and(|p| !p.starts_with(&orphans));
             if let (true, Some(f)) = (durable_name, &node.file) {
                 for op in &node.log[..keep] {
                     match op {

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
 use coffer_lazyfs::{mount, Cut, LazyFs};
@@ -121,7 +121,11 @@ fn atomic_replace_by_rename_over_an_existing_file() {
     let (t, k) = (f.mnt().join("key.tmp"), f.mnt().join("key"));
     fs::write(&k, b"old").unwrap();
     f.fs.sync_all().unwrap();
-    let mut tmp = OpenOptions::new().write(true).create_new(true).open(&t).unwrap();
+    let mut tmp = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&t)
+        .unwrap();
     tmp.write_all(b"new").unwrap();
     tmp.sync_all().unwrap();
     drop(tmp);
@@ -143,7 +147,10 @@ fn truncation_and_set_len_follow_the_same_rules() {
     file.set_len(5000).unwrap();
     let now = fs::read(&p).unwrap();
     assert_eq!(now.len(), 5000);
-    assert!(now[100..].iter().all(|&b| b == 0), "truncated bytes must read as zeros");
+    assert!(
+        now[100..].iter().all(|&b| b == 0),
+        "truncated bytes must read as zeros"
+    );
     file.sync_data().unwrap();
     file.set_len(0).unwrap();
     drop(file);
@@ -181,5 +188,49 @@ fn locks_work_on_the_mount() {
     let a = File::create(&p).unwrap();
     a.try_lock().unwrap();
     let b = File::open(&p).unwrap();
-    assert!(b.try_lock().is_err(), "a second exclusive lock must be refused");
+    assert!(
+        b.try_lock().is_err(),
+        "a second exclusive lock must be refused"
+    );
+}
+
+/// Coffer's default key file: written to a temporary name, fsynced, hard-linked into place,
+/// the temporary name removed, the directory fsynced.
+#[test]
+fn hard_link_into_place_then_directory_fsync() {
+    let f = Fixture::new();
+    let keys = f.mnt().join("keys");
+    fs::create_dir(&keys).unwrap();
+    sync_dir(f.mnt());
+    let (t, k) = (keys.join(".key.tmp"), keys.join("key"));
+    let mut tmp = File::create(&t).unwrap();
+    tmp.write_all(b"secret").unwrap();
+    tmp.sync_all().unwrap();
+    drop(tmp);
+    fs::hard_link(&t, &k).unwrap();
+    assert_eq!(fs::metadata(&k).unwrap().nlink(), 2);
+    fs::remove_file(&t).unwrap();
+    sync_dir(&keys);
+    f.fs.power_cut(Cut::DropAll).unwrap();
+    assert_eq!(fs::read(&k).unwrap(), b"secret");
+    assert!(!t.exists());
+    // Without the directory fsync the new name is gone.
+    fs::hard_link(&k, keys.join("second")).unwrap();
+    f.fs.power_cut(Cut::DropAll).unwrap();
+    assert!(!keys.join("second").exists());
+    assert_eq!(fs::read(&k).unwrap(), b"secret");
+}
+
+/// A directory created by mkdir is itself a directory entry: without an fsync of its parent
+/// it is gone after a cut, with everything in it, even if it was fsynced.
+#[test]
+fn new_directory_without_parent_fsync_is_gone() {
+    let f = Fixture::new();
+    let d = f.mnt().join("keys");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("k"), b"x").unwrap();
+    File::open(d.join("k")).unwrap().sync_all().unwrap();
+    sync_dir(&d);
+    f.fs.power_cut(Cut::DropAll).unwrap();
+    assert!(!d.exists());
 }

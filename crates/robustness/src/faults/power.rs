@@ -30,7 +30,9 @@ pub struct PowerDisk {
 }
 
 impl PowerDisk {
-    /// Mounts a fresh one, with an empty `data` directory already durable.
+    /// Mounts a fresh one, with empty `data` and `keys` directories already durable (as an
+    /// operator provisions them; that Coffer makes the directories it creates itself durable is
+    /// the store's power-loss test, `tests/power_loss.rs`).
     pub fn mount() -> Result<PowerDisk, Error> {
         let dir = tempfile::Builder::new()
             .prefix("coffer-power-")
@@ -38,7 +40,7 @@ impl PowerDisk {
             .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
         let backing = dir.path().join("backing");
         let mnt = dir.path().join("mnt");
-        for d in [&backing, &mnt, &backing.join("data")] {
+        for d in [&backing, &mnt, &backing.join("data"), &backing.join("keys")] {
             fs::DirBuilder::new()
                 .mode(0o700)
                 .create(d)
@@ -48,7 +50,7 @@ impl PowerDisk {
         Ok(PowerDisk { fs, _dir: dir })
     }
 
-    /// Coffer's `--default-key-file` on the mount (its directory is created by Coffer).
+    /// Coffer's `--default-key-file` on the mount (the file is created by Coffer).
     pub fn key_file(&self) -> PathBuf {
         self.fs.mountpoint().join("keys").join("default.key")
     }
