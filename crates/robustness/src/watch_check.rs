@@ -525,14 +525,16 @@ fn check_prev_kv(
         Some(expected) => {
             let creation = ev.kind == EventKind::Put && expected.is_none();
             match (&ev.prev_kv, expected) {
-                (Some(got), Some(want)) if got != want && !sealed_as_stored(fin, ev, got, want) => sink.push(
-                    "prev-kv",
-                    format!(
-                        "{at}: prev_kv is {}, the key before was {}",
-                        show(got),
-                        show(want)
-                    ),
-                ),
+                (Some(got), Some(want)) if got != want && !sealed_as_stored(fin, ev, got, want) => {
+                    sink.push(
+                        "prev-kv",
+                        format!(
+                            "{at}: prev_kv is {}, the key before was {}",
+                            show(got),
+                            show(want)
+                        ),
+                    )
+                }
                 (Some(got), None) => sink.push(
                     "prev-kv",
                     format!(
@@ -567,13 +569,9 @@ fn check_prev_kv(
             }
             if let Some(info) = fin.revs.get(&got.mod_revision) {
                 if let Some(c) = info.changes.iter().find(|c| c.key == got.key) {
-                    let sealed = fin
-                        .sealed
-                        .iter()
-                        .any(|&(from, to)| {
-                            ev.response_revision >= from && ev.response_revision <= to
-                        })
-                        && got.value.starts_with("k8s:enc:");
+                    let sealed = fin.sealed.iter().any(|&(from, to)| {
+                        ev.response_revision >= from && ev.response_revision <= to
+                    }) && got.value.starts_with("k8s:enc:");
                     if c.kind != EventKind::Put || (c.value != got.value && !sealed) {
                         sink.push(
                             "prev-kv",

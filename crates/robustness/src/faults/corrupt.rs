@@ -8,6 +8,7 @@
 //!   violation). A flip in bytes the server does not use (free pages, the log past its live
 //!   part) lands here.
 //!
+//! Half of the offsets are drawn from the first 64 KiB of the file, half from all of it.
 //! A refusal that does not name the file, or a server that hangs instead of starting, is a
 //! scenario violation. Each flip and its outcome is in the report ([`Flip`]).
 
@@ -98,7 +99,13 @@ impl Injector {
         if len == 0 {
             return super::restart(&self.server, &self.shared).await;
         }
-        let offset = self.rng.below(len);
+        // Half of the flips hit the first 64 KiB (headers, the log's first records): a uniform
+        // offset mostly lands in preallocated or free space.
+        let offset = if self.rng.chance(50) {
+            self.rng.below(len.min(64 * 1024))
+        } else {
+            self.rng.below(len)
+        };
         let mask = 1 + self.rng.below(255) as u8;
         xor_byte(&path, offset, mask).map_err(|e| io("flip a byte of", e))?;
         let name = path

@@ -93,7 +93,9 @@ impl Server {
         self.kill();
         match &self.power {
             Some(p) => p.cut(cut),
-            None => Err(fail("the server was not started on the power-loss file system".into())),
+            None => Err(fail(
+                "the server was not started on the power-loss file system".into(),
+            )),
         }
     }
 }
