@@ -386,7 +386,8 @@ fn default_key(plan: &Plan) -> anyhow::Result<DefaultKey> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if key.fingerprint() != rec.fingerprint {
+            // The record may hold the fingerprint of the key's first derivation.
+            if !key.matches_fingerprint(&rec.fingerprint) {
                 bail!(
                     "the default key file {} holds a different key (fingerprint {}) than the one \
                      data directory {} was sealed with (fingerprint {}, from file {}); start with \

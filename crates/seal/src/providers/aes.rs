@@ -385,3 +385,18 @@ impl Transformer for AesCbc {
         2 * BLOCK_LEN + 32
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The RustCrypto key schedules wipe themselves on drop (the workspace enables their
+    /// `zeroize` features; without them this does not compile). ring's AES-GCM keys cannot.
+    #[test]
+    fn rustcrypto_key_schedules_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<aes::Aes128>();
+        wiped::<aes::Aes192>();
+        wiped::<aes::Aes256>();
+        wiped::<cbc::Encryptor<aes::Aes256>>();
+        wiped::<cbc::Decryptor<aes::Aes128>>();
+    }
+}
