@@ -23,7 +23,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -200,13 +200,9 @@ impl DefaultKey {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
         };
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io(&dir, "create its directory"))?;
-        }
+        // Each new directory is recorded durably in its parent: a power cut after the first
+        // start must not lose the key (and with it every value sealed under it).
+        crate::durable::create_dir_all(&dir).map_err(io(&dir, "create its directory"))?;
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         getrandom::getrandom(&mut key[..]).map_err(|e| DefaultKeyError::Random(e.to_string()))?;
         let text = Zeroizing::new(format!(

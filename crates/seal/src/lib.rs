@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod default_key;
+pub mod durable;
 pub mod error;
 pub mod key_service;
 pub mod keyspace;

@@ -39,45 +39,14 @@ pub(crate) fn check(dir: &Path, needed: u64) -> Result<(), Error> {
 
 /// Makes `dir`'s entries (files created or renamed in it) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+    coffer_seal::durable::sync_dir(dir)
         .map_err(|e| Error::Engine(format!("cannot sync the directory {}: {e}", dir.display())))
 }
 
-/// Creates `dir` and any missing parents with mode 0700, and makes each new directory's entry
-/// durable in its parent (a power cut right after first start must not lose the directory and
-/// the files created in it).
+/// Creates `dir` and any missing parents with mode 0700, each new directory's entry durable in
+/// its parent (a power cut right after first start must not lose the data directory).
 pub fn create_dir_durably(dir: &Path) -> Result<(), Error> {
-    let mut missing = Vec::new();
-    let mut at = Some(dir);
-    while let Some(d) = at {
-        if d.as_os_str().is_empty() || d.is_dir() {
-            break;
-        }
-        missing.push(d);
-        at = d.parent();
-    }
-    for d in missing.into_iter().rev() {
-        let mut b = std::fs::DirBuilder::new();
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            b.mode(0o700);
-        }
-        match b.create(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => continue,
-            Err(e) => {
-                return Err(Error::Engine(format!(
-                    "cannot create the directory {}: {e}",
-                    d.display()
-                )))
-            }
-        }
-        let parent = match d.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
-    }
-    Ok(())
+    coffer_seal::durable::create_dir_all(dir).map_err(|e| {
+        Error::Engine(format!("cannot create the directory {}: {e}", dir.display()))
+    })
 }

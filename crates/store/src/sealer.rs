@@ -35,4 +35,22 @@ impl Sealer for coffer_seal::Keyspace {
             .map(|o| o.plaintext)
             .map_err(|e| e.to_string())
     }
+
+    fn write_counts(&self) -> Vec<(String, u64)> {
+        coffer_seal::Keyspace::write_counts(self)
+            .into_iter()
+            .map(|c| (c.counter_id, c.writes))
+            .collect()
+    }
+
+    fn restore_write_counts(&self, counts: &[(String, u64)]) {
+        let counts: Vec<coffer_seal::WriteCount> = counts
+            .iter()
+            .map(|(id, n)| coffer_seal::WriteCount {
+                counter_id: id.clone(),
+                writes: *n,
+            })
+            .collect();
+        coffer_seal::Keyspace::restore_write_counts(self, &counts);
+    }
 }

@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -479,10 +479,9 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
         etcd_api = coffer_server::ETCD_VERSION,
         "coffer serve starting"
     );
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&plan.data_dir)
+    // Each new directory durable in its parent: a power cut right after the first start must
+    // not lose the data directory, its fingerprint record or the key.
+    coffer_seal::durable::create_dir_all(&plan.data_dir)
         .with_context(|| format!("cannot create data directory {}", plan.data_dir.display()))?;
 
     let key = default_key(&plan)?;
