@@ -47,6 +47,9 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
 /// its parent (a power cut right after first start must not lose the data directory).
 pub fn create_dir_durably(dir: &Path) -> Result<(), Error> {
     coffer_seal::durable::create_dir_all(dir).map_err(|e| {
-        Error::Engine(format!("cannot create the directory {}: {e}", dir.display()))
+        Error::Engine(format!(
+            "cannot create the directory {}: {e}",
+            dir.display()
+        ))
     })
 }

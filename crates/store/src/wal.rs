@@ -275,13 +275,14 @@ fn scan(
     Ok(run)
 }
 
-/// The first trace, at or after `from`, of an entry written after the run ended: a whole entry
-/// or a trailer with a sequence number above `expected`, or a header/trailer pair confirming
-/// that entry `expected` itself was written completely at `from` (so its damage is not a torn
-/// write). Only 16-byte windows whose sequence number is plausible are checked further.
+/// The first trace, at or after `from`, of an entry written completely after the run ended:
+/// a whole entry with a sequence number above `expected`; a trailer whose checksum verifies the
+/// payload before it (the entry's header is the damaged part); or, at `from`, entry `expected`
+/// itself with its header and trailer agreeing (its payload is the damaged part). Every piece of
+/// evidence but the last is checked against a checksum, so payload bytes that happen to look
+/// like a header are not taken for one.
 fn later_write(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)> {
     let max_seq = expected.saturating_add(CAPACITY / FRAMING as u64);
-    // Entry `expected` at `from`: its header and trailer agree (its body is what is damaged).
     if let Some(h) = bytes.get(from..from + HEADER) {
         if let Some((len, _, seq)) = parse_header(h) {
             let end = from + HEADER + len;
@@ -292,22 +293,18 @@ fn later_write(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)>
     }
     let mut pos = from;
     while pos + HEADER <= bytes.len() {
-        if let Some((len, _, seq)) = parse_header(&bytes[pos..pos + HEADER]) {
-            if seq >= expected && seq <= max_seq {
-                // A whole later entry starting here.
+        // Most windows fail on the sequence number; test it first.
+        let mut seq_bytes = [0u8; 8];
+        seq_bytes.copy_from_slice(&bytes[pos + 8..pos + HEADER]);
+        let seq = u64::from_le_bytes(seq_bytes);
+        if seq >= expected && seq <= max_seq {
+            if let Some((len, crc, _)) = parse_header(&bytes[pos..pos + HEADER]) {
                 if seq > expected && entry_at(bytes, pos).is_some() {
                     return Some((pos, seq));
                 }
-                // The trailer of entry `expected` (its header may be the damaged part).
-                if seq == expected && pos >= from + HEADER + len && pos - HEADER - len == from {
-                    return Some((pos, seq));
-                }
-                // The trailer of a later entry whose header is damaged.
-                if seq > expected && pos >= HEADER + len {
-                    let start = pos - HEADER - len;
-                    if start >= from
-                        && bytes.get(start + 8..start + 16) == Some(&bytes[pos + 8..pos + 16])
-                    {
+                if let Some(start) = pos.checked_sub(HEADER + len).filter(|s| *s >= from) {
+                    let payload = &bytes[start + HEADER..pos];
+                    if checksum(len as u32, seq, payload) == crc {
                         return Some((start, seq));
                     }
                 }
@@ -390,7 +387,16 @@ mod tests {
         let offsets = write(dir.path(), 3);
         let path = dir.path().join(WAL_FILE);
         let clean = fs::read(&path).unwrap();
-        for at in 0..offsets[2] as usize {
+        // Every header and trailer byte, and a spread of payload bytes.
+        let framing = |at: usize| {
+            offsets.iter().any(|&o| {
+                let o = o as usize;
+                (o..o + HEADER).contains(&at)
+            }) || offsets[1..]
+                .iter()
+                .any(|&n| (n as usize - HEADER..n as usize).contains(&at))
+        };
+        for at in (0..offsets[2] as usize).filter(|&at| framing(at) || at % 13 == 0) {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x40;
             fs::write(&path, &bytes).unwrap();
@@ -440,6 +446,41 @@ mod tests {
                 Err(e) => panic!("flip at {at}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn payload_bytes_that_look_like_headers_are_not_evidence() {
+        // A payload full of header-shaped windows with later sequence numbers (as lease rows
+        // with equal TTLs produce): a torn last entry must still be dropped, not refused.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, true).unwrap();
+        let mut fake = Vec::new();
+        for _ in 0..8 {
+            let body = [0x5au8; 24];
+            fake.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            fake.extend_from_slice(&[1, 2, 3, 4]);
+            fake.extend_from_slice(&9u64.to_le_bytes());
+            fake.extend_from_slice(&body);
+            fake.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            fake.extend_from_slice(&[5, 6, 7, 8]);
+            fake.extend_from_slice(&9u64.to_le_bytes());
+        }
+        let mut third = 0;
+        for i in 1..=3 {
+            third = wal.offset as usize;
+            wal.append(&fake).unwrap();
+            assert_eq!(wal.last_seq(), i);
+        }
+        drop(wal);
+        let path = dir.path().join(WAL_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        let end = third + HEADER + fake.len() + HEADER;
+        for b in &mut bytes[third + HEADER + 100..end] {
+            *b = 0;
+        }
+        fs::write(&path, &bytes).unwrap();
+        let (_, replay) = Wal::open(dir.path(), 0, false).unwrap();
+        assert_eq!(replay.len(), 2);
     }
 
     #[test]
