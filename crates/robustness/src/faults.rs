@@ -15,6 +15,8 @@
 //!   succeed again, and crashes the server once more so the checker sees whether anything
 //!   acknowledged was lost.
 //!
+//! - `power`, `corrupt`, `unopenable`: see [`power`], [`corrupt`], [`unopenable`].
+//!
 //! Scenario checks that are not about the history (writes come back after the alarm is
 //! disarmed, the server does not die silently) are returned as [`ScenarioViolation`]s.
 
@@ -41,6 +43,10 @@ use crate::traffic::wire::Clients;
 use crate::traffic::{Shared, FAULT_CLIENT};
 use crate::Error;
 
+pub mod corrupt;
+pub mod power;
+pub mod unopenable;
+
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +59,12 @@ pub enum FaultKind {
     Quota,
     /// A full disk (tmpfs), filled and freed.
     Disk,
+    /// SIGKILL and a power cut of the FUSE file system holding the data (and the key file).
+    Power,
+    /// SIGKILL, one byte of a data file flipped, restart.
+    Corrupt,
+    /// Restart without the key that sealed some values, later with it again.
+    Unopenable,
 }
 
 impl FromStr for FaultKind {
@@ -63,8 +75,12 @@ impl FromStr for FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "quota" => Ok(FaultKind::Quota),
             "disk" => Ok(FaultKind::Disk),
+            "power" => Ok(FaultKind::Power),
+            "corrupt" => Ok(FaultKind::Corrupt),
+            "unopenable" => Ok(FaultKind::Unopenable),
             other => Err(format!(
-                "unknown fault {other:?}: expected kill, pause, quota or disk"
+                "unknown fault {other:?}: expected kill, pause, quota, disk, power, corrupt or \
+                 unopenable"
             )),
         }
     }
@@ -77,6 +93,9 @@ impl fmt::Display for FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::Quota => "quota",
             FaultKind::Disk => "disk",
+            FaultKind::Power => "power",
+            FaultKind::Corrupt => "corrupt",
+            FaultKind::Unopenable => "unopenable",
         })
     }
 }
@@ -90,6 +109,10 @@ pub struct ServerOptions {
     pub tmpfs_mib: Option<u64>,
     /// The coffer binary (none: `coffer_conformance::process::coffer_binary`).
     pub coffer_binary: Option<PathBuf>,
+    /// Put the data directory (and Coffer's default key file) on the power-loss file system.
+    pub power: bool,
+    /// Run Coffer with an EncryptionConfiguration of two aesgcm keys (the `unopenable` fault).
+    pub sealing: bool,
 }
 
 enum Proc {
@@ -117,6 +140,8 @@ pub struct Server {
     // Field order matters: the process is killed (dropped) before the tmpfs is unmounted.
     proc: Proc,
     tmpfs: Option<Tmpfs>,
+    power: Option<power::PowerDisk>,
+    sealing: Option<unopenable::Sealing>,
 }
 
 impl fmt::Debug for Server {
@@ -137,6 +162,11 @@ impl Server {
             extra.push("--quota-backend-bytes".to_string());
             extra.push(q.to_string());
         }
+        let power = opts.power.then(power::PowerDisk::mount).transpose()?;
+        let sealing = match (opts.sealing, kind) {
+            (true, ServerKind::Coffer) => Some(unopenable::Sealing::new()?),
+            _ => None,
+        };
         let proc = match kind {
             ServerKind::Etcd => {
                 Proc::Etcd(EtcdProcess::start_with(EtcdOptions { extra_args: extra })?)
@@ -144,6 +174,8 @@ impl Server {
             ServerKind::Coffer => Proc::Coffer(CofferProcess::start(CofferOptions {
                 extra_args: extra,
                 binary: opts.coffer_binary.clone(),
+                default_key_file: power.as_ref().map(power::PowerDisk::key_file),
+                encryption_provider_config: sealing.as_ref().map(|s| s.both.clone()),
                 ..Default::default()
             })?),
         };
@@ -151,9 +183,14 @@ impl Server {
             kind,
             proc,
             tmpfs: None,
+            power,
+            sealing,
         };
         if let Some(mib) = opts.tmpfs_mib {
             server.move_to_tmpfs(mib)?;
+        }
+        if server.power.is_some() {
+            server.move_to_power_disk()?;
         }
         Ok(server)
     }
@@ -347,6 +384,18 @@ pub struct FaultStats {
     pub unexpected_exits: u64,
     /// Scenario checks that failed.
     pub violations: Vec<ScenarioViolation>,
+    /// Power cuts (each after a SIGKILL).
+    pub power_cuts: u64,
+    /// Unsynced writes the power cuts dropped.
+    pub power_writes_dropped: u64,
+    /// Every byte flipped by the `corrupt` fault and what the server did with it.
+    pub flips: Vec<corrupt::Flip>,
+    /// Restarts without the key that sealed some values.
+    pub unopenable_restarts: u64,
+    /// Reads refused during those restarts (the probe of every key; each must name its key).
+    pub unopenable_reads_refused: u64,
+    /// Revision ranges `[from, to]` served without that key (`History::sealed_prev_kv`).
+    pub unopenable_windows: Vec<(i64, i64)>,
 }
 
 /// Shared handle on the server for the injector and the run.
@@ -432,7 +481,17 @@ impl Injector {
             .faults
             .iter()
             .copied()
-            .filter(|f| matches!(f, FaultKind::Kill | FaultKind::Pause | FaultKind::Disk))
+            .filter(|f| {
+                matches!(
+                    f,
+                    FaultKind::Kill
+                        | FaultKind::Pause
+                        | FaultKind::Disk
+                        | FaultKind::Power
+                        | FaultKind::Corrupt
+                        | FaultKind::Unopenable
+                )
+            })
             .collect();
         let quota = self.faults.contains(&FaultKind::Quota);
         let mut disk_done = 0u32;
@@ -457,11 +516,15 @@ impl Injector {
                     disk_done += 1;
                     self.full_disk().await?;
                 }
+                FaultKind::Power => self.power_cut().await?,
+                FaultKind::Corrupt => self.corrupt().await?,
+                FaultKind::Unopenable => self.unopenable().await?,
                 _ => {}
             }
             next = tokio::time::Instant::now() + self.gap();
         }
         self.check_alive().await?;
+        self.unopenable_end().await?;
         Ok(())
     }
 

@@ -18,6 +18,13 @@ pub struct History {
     pub operations: Vec<Operation>,
     /// Every watcher opened during the run.
     pub watches: Vec<WatchRecord>,
+    /// Revision ranges `[from, to]` (the server's revision when it started without a key that
+    /// sealed some values, and when it started with it again: the `unopenable` fault). A watch
+    /// event delivered in such a range (its response revision) may carry a `prev_kv` whose
+    /// value is the value as stored (sealed bytes, `k8s:enc:...`) instead of the plaintext the
+    /// history wrote, every other field exact. Empty for every other run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_prev_kv: Vec<(i64, i64)>,
 }
 
 /// One request as a client saw it.

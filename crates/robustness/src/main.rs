@@ -82,7 +82,8 @@ struct RunArgs {
     /// Keys in the keyspace.
     #[arg(long, default_value_t = 10)]
     keys: usize,
-    /// Faults, comma separated: kill, pause, quota, disk; `none` (or empty) for none.
+    /// Faults, comma separated: kill, pause, quota, disk, power, corrupt, unopenable; `none`
+    /// (or empty) for none.
     #[arg(long, default_value = "kill,pause")]
     faults: String,
     /// Per-request deadline (past it the outcome is unknown).

@@ -221,6 +221,28 @@ impl RunReport {
             fs.unexpected_exits
         );
         }
+        if fs.power_cuts > 0 || !fs.flips.is_empty() || fs.unopenable_restarts > 0 {
+            let refused = fs.flips.iter().filter(|f| f.outcome == "refused").count();
+            let _ = writeln!(
+                s,
+                "power cuts: {} ({} unsynced writes dropped); byte flips: {} ({} refused, {} \
+                 served); restarts without a sealing key: {} ({} probe reads refused)",
+                fs.power_cuts,
+                fs.power_writes_dropped,
+                fs.flips.len(),
+                refused,
+                fs.flips.len() - refused,
+                fs.unopenable_restarts,
+                fs.unopenable_reads_refused
+            );
+            for f in &fs.flips {
+                let _ = writeln!(
+                    s,
+                    "  flip {} @ {} of {} bytes: {}",
+                    f.file, f.offset, f.len, f.outcome
+                );
+            }
+        }
         let lin = match &self.linearizability {
             LinStatus::Ok {
                 operations,
@@ -282,6 +304,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
                 ServerKind::Coffer => cfg.tmpfs_mib,
             }),
         coffer_binary: cfg.coffer_binary.clone(),
+        power: cfg.faults.contains(&FaultKind::Power),
+        sealing: cfg.faults.contains(&FaultKind::Unopenable),
     };
     let target = cfg.target;
     let server = tokio::task::spawn_blocking(move || Server::start(target, &opts))
@@ -362,7 +386,8 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
     for t in watch_tasks {
         t.await.map_err(|e| Error::Task(e.to_string()))?;
     }
-    let history = shared.history();
+    let mut history = shared.history();
+    history.sealed_prev_kv = injector.stats.unopenable_windows.clone();
     let server_log = {
         let s = Arc::clone(&server);
         tokio::task::spawn_blocking(move || {

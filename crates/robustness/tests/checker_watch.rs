@@ -89,6 +89,7 @@ fn kinds(ops: Vec<Operation>, w: WatchRecord) -> Vec<&'static str> {
     let h = History {
         operations: ops,
         watches: vec![w],
+        ..Default::default()
     };
     let v = check(&h);
     for x in &v {
@@ -234,6 +235,7 @@ fn uncertain_write_seen_by_a_watcher_belongs_to_the_final_history() {
     let h = History {
         operations: ops,
         watches: vec![watch(2, seen), watch(2, all_events())],
+        ..Default::default()
     };
     let v = check(&h);
     let got: Vec<(usize, &str)> = v.iter().map(|x| (x.watch, x.kind)).collect();

@@ -1,5 +1,6 @@
 //! The bounded robustness suite for CI: a few short runs against Coffer with fixed seeds
-//! (crashes and pauses, the quota alarm, a full disk), one run with a random seed (printed;
+//! (crashes and pauses, the quota alarm, a full disk, power cuts, flipped bytes, a missing
+//! sealing key), one run with a random seed (printed;
 //! set `ROBUSTNESS_SEED` to replay it), and one run against Debian's etcd 3.4.23, which must
 //! pass apart from its known bugs (`coffer_robustness::expected`).
 //!
@@ -55,6 +56,21 @@ fn check(target: ServerKind, seed: u64, secs: u64, faults: &[FaultKind]) {
     );
     if faults.contains(&FaultKind::Kill) {
         assert!(report.fault_stats.crashes > 0, "no crash was injected");
+    }
+    if faults.contains(&FaultKind::Power) {
+        assert!(
+            report.fault_stats.power_cuts > 0,
+            "no power cut was injected"
+        );
+    }
+    if faults.contains(&FaultKind::Corrupt) {
+        assert!(!report.fault_stats.flips.is_empty(), "no byte was flipped");
+    }
+    if faults.contains(&FaultKind::Unopenable) {
+        assert!(
+            report.fault_stats.unopenable_restarts > 0,
+            "no restart without the key"
+        );
     }
 }
 
@@ -123,4 +139,22 @@ fn etcd_kill_pause_seed_5505() {
         25,
         &[FaultKind::Kill, FaultKind::Pause],
     );
+}
+
+/// Power cuts: the data directory and the default key file on `coffer-lazyfs`.
+#[test]
+fn coffer_power_seed_6606() {
+    check(ServerKind::Coffer, 6606, 8, &[FaultKind::Power]);
+}
+
+/// A byte flipped in `coffer.redb` or `coffer.wal` after each crash.
+#[test]
+fn coffer_corrupt_seed_7707() {
+    check(ServerKind::Coffer, 7707, 8, &[FaultKind::Corrupt]);
+}
+
+/// Restarts without the aesgcm key that sealed some values, then with it again.
+#[test]
+fn coffer_unopenable_seed_8808() {
+    check(ServerKind::Coffer, 8808, 8, &[FaultKind::Unopenable]);
 }

@@ -1,9 +1,14 @@
 //! Throughput of each provider's write (`to_storage`) and read (`from_storage`) at 1 KiB and
 //! 64 KiB, through the same prefix dispatch the keyspace uses. `scripts/bench-seal` compares
 //! aesgcm with `openssl speed -evp aes-256-gcm` on the same machine.
+//!
+//! The `random` group prices one random value at the sizes the providers draw (aesgcm nonce
+//! 12 B, aescbc IV 16 B, secretbox nonce 24 B, KMS v2 info 32 B): the kernel's `getrandom`
+//! per value (what [`SystemRandom`] does) against a user-space ChaCha20 behind a mutex (what
+//! it did before; kept here only as the yardstick).
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use coffer_seal::config::model::{Key, KeysConfiguration, ProviderConfiguration};
 use coffer_seal::key_service::{LocalKeyService, NoKmsClient};
@@ -78,5 +83,37 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The generator `SystemRandom` used to be: ChaCha20 seeded once from the OS, behind a mutex.
+struct UserSpaceChaCha(Mutex<rand_chacha::ChaCha20Rng>);
+
+impl UserSpaceChaCha {
+    fn fill(&self, buf: &mut [u8]) {
+        use rand_core::RngCore as _;
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fill_bytes(buf);
+    }
+}
+
+fn random(c: &mut Criterion) {
+    use rand_core::SeedableRng as _;
+    let kernel = SystemRandom::new().expect("OS randomness");
+    let chacha = UserSpaceChaCha(Mutex::new(
+        rand_chacha::ChaCha20Rng::from_rng(rand_core::OsRng).expect("seed"),
+    ));
+    let mut group = c.benchmark_group("random");
+    for size in [12usize, 16, 24, 32] {
+        let mut buf = vec![0u8; size];
+        group.bench_with_input(BenchmarkId::new("kernel-getrandom", size), &size, |b, _| {
+            b.iter(|| kernel.fill(black_box(&mut buf)).expect("getrandom"))
+        });
+        group.bench_with_input(BenchmarkId::new("user-chacha20", size), &size, |b, _| {
+            b.iter(|| chacha.fill(black_box(&mut buf)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, random);
 criterion_main!(benches);

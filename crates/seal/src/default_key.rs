@@ -1,9 +1,12 @@
 //! Coffer's default key: a 32-byte key-encryption key in a file, made on first start when no
 //! `--encryption-provider-config` covers a key (decisions.md, "Encryption in coffer serve").
 //!
-//! The key wraps KMS v2 seeds through [`LocalKeyService`]; values are stored as KMS v2 under the
-//! provider name [`PROVIDER_NAME`] (prefix `k8s:enc:kms:v2:coffer-default:`), so a later
-//! `coffer kms-plugin` serving the same file lets kube-apiserver read them.
+//! Keys derived from the file's bytes ([`LocalKeys::derive`], HKDF-SHA256 with one label per
+//! use) wrap KMS v2 seeds through [`LocalKeyService`] and give the public fingerprint and
+//! key_id; values are stored as KMS v2 under the provider name [`PROVIDER_NAME`] (prefix
+//! `k8s:enc:kms:v2:coffer-default:`), so a later `coffer kms-plugin` serving the same file
+//! lets kube-apiserver read them. Values and data directories made by the first derivation
+//! (the file key used directly) still open and match ([`DefaultKey::matches_fingerprint`]).
 //!
 //! File format (text, 0600, in a 0700 directory when Coffer creates the directory):
 //!
@@ -27,7 +30,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
-use crate::key_service::{fingerprint_of, LocalKeyError, LocalKeyService};
+use crate::key_service::{LocalKeyError, LocalKeyService, LocalKeys};
 use crate::rng::RandomSource;
 use crate::secret::SecretBytes;
 
@@ -85,9 +88,17 @@ pub enum DefaultKeyError {
 
 /// The default key, loaded or freshly created.
 pub struct DefaultKey {
-    key: SecretBytes,
+    keys: LocalKeys,
     path: PathBuf,
     created: bool,
+}
+
+/// The keys of a 32-byte file key (the size is checked by every caller first).
+fn derive(key: &SecretBytes, path: &Path) -> Result<LocalKeys, DefaultKeyError> {
+    LocalKeys::derive(key).map_err(|_| DefaultKeyError::WrongSize {
+        path: path.to_owned(),
+        len: key.len(),
+    })
 }
 
 impl DefaultKey {
@@ -170,7 +181,7 @@ impl DefaultKey {
             });
         }
         Ok(Self {
-            key: SecretBytes::new(key.to_vec()),
+            keys: derive(&SecretBytes::new(key.to_vec()), path)?,
             path: path.to_owned(),
             created: false,
         })
@@ -228,7 +239,7 @@ impl DefaultKey {
             .and_then(|d| d.sync_all())
             .map_err(io(&dir, "fsync the directory"))?;
         Ok(Self {
-            key: SecretBytes::new(key.to_vec()),
+            keys: derive(&SecretBytes::new(key.to_vec()), path)?,
             path: path.to_owned(),
             created: true,
         })
@@ -242,16 +253,24 @@ impl DefaultKey {
                 len: key.len(),
             });
         }
+        let path = PathBuf::from("(memory)");
         Ok(Self {
-            key,
-            path: PathBuf::from("(memory)"),
+            keys: derive(&key, &path)?,
+            path,
             created: false,
         })
     }
 
-    /// Hex HMAC-SHA256(key, "coffer fingerprint v1"): public, stable, never the key.
+    /// The public fingerprint (hex of an HMAC under a key derived from the file key; see
+    /// [`LocalKeys`]): stable, never the key. Data directories record it.
     pub fn fingerprint(&self) -> String {
-        fingerprint_of(&self.key)
+        self.keys.fingerprint().to_owned()
+    }
+
+    /// Whether a recorded fingerprint is this key's: the current one, or the one the first key
+    /// derivation gave (data directories made before the derivation changed record that one).
+    pub fn matches_fingerprint(&self, recorded: &str) -> bool {
+        self.keys.matches_fingerprint(recorded)
     }
 
     /// Where the key lives.
@@ -270,7 +289,7 @@ impl DefaultKey {
         &self,
         rng: Arc<dyn RandomSource>,
     ) -> Result<LocalKeyService, LocalKeyError> {
-        LocalKeyService::new(&self.key, rng)
+        LocalKeyService::from_keys(&self.keys, rng)
     }
 }
 

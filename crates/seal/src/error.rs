@@ -99,6 +99,24 @@ pub enum TransformError {
         /// The provider name.
         name: String,
     },
+    /// aesgcm: the key has sealed as many values as Coffer allows under one key with random
+    /// nonces. Names the key (never its bytes) and says how to rotate.
+    #[error(
+        "aesgcm key {key_name:?} (write counter {counter_id}) has sealed {writes} values, \
+             Coffer's limit for one key with random 96-bit nonces ({limit}); new writes under it \
+             are refused (reads still work). To write again, {}",
+        crate::write_limit::ROTATION_STEPS
+    )]
+    WriteLimitReached {
+        /// The key's name in the configuration.
+        key_name: String,
+        /// The key's write counter id (public).
+        counter_id: String,
+        /// Writes counted under the key.
+        writes: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// The random source failed.
     #[error(transparent)]
     Random(#[from] RandomError),

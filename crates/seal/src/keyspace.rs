@@ -25,9 +25,10 @@ use crate::key_service::{KeyService, KmsConnector};
 use crate::providers::identity::Identity;
 use crate::providers::kmsv2::KmsV2;
 use crate::providers::{
-    build_provider, NoMatch, PrefixTransformer, PrefixTransformers, Transformer,
+    build_counted, NoMatch, PrefixTransformer, PrefixTransformers, Transformer,
 };
 use crate::rng::RandomSource;
+use crate::write_limit::{WriteCount, WriteCounters, WriteLimits};
 
 /// A successfully opened value.
 #[derive(Debug)]
@@ -118,6 +119,7 @@ pub struct Keyspace {
     uncovered: Arc<Rule>,
     has_default: bool,
     providers: Vec<PrefixTransformer>,
+    counters: WriteCounters,
 }
 
 impl Keyspace {
@@ -134,6 +136,7 @@ impl Keyspace {
         // Build each provider once.
         let mut built: Vec<Vec<PrefixTransformer>> = Vec::with_capacity(config.resources.len());
         let mut providers = Vec::new();
+        let counters = WriteCounters::default();
         for entry in &config.resources {
             if entry.providers.is_empty() {
                 return Err(BuildError::NoProviders {
@@ -143,7 +146,7 @@ impl Keyspace {
             let list = entry
                 .providers
                 .iter()
-                .map(|p| build_provider(p, kms, &rng))
+                .map(|p| build_counted(p, kms, &rng, &counters))
                 .collect::<Result<Vec<_>, _>>()?;
             providers.extend(list.iter().cloned());
             built.push(list);
@@ -207,6 +210,7 @@ impl Keyspace {
             uncovered,
             has_default,
             providers,
+            counters,
         })
     }
 
@@ -328,6 +332,34 @@ impl Keyspace {
     pub fn has_default(&self) -> bool {
         self.has_default
     }
+
+    /// The write count of every aesgcm key of the configuration (one entry per key name and
+    /// key; see [`crate::write_limit`]), sorted by counter id. The store persists these.
+    pub fn write_counts(&self) -> Vec<WriteCount> {
+        self.counters.counts()
+    }
+
+    /// Raises each counter named in `counts` to at least the given value (ids of keys no longer
+    /// configured are ignored). Call at store start with the persisted counts, before writes.
+    pub fn restore_write_counts(&self, counts: &[WriteCount]) {
+        self.counters.restore(counts);
+    }
+
+    /// One line per aesgcm key at or past the warning threshold (for `coffer config check`
+    /// and start-up logs); empty when every key is below it.
+    pub fn write_limit_warnings(&self) -> Vec<String> {
+        self.counters.warnings()
+    }
+
+    /// Replaces the write limits (tests use small ones; an operator may want a stricter limit).
+    pub fn set_write_limits(&self, limits: WriteLimits) {
+        self.counters.set_limits(limits);
+    }
+
+    /// The write limits in force.
+    pub fn write_limits(&self) -> WriteLimits {
+        self.counters.limits()
+    }
 }
 
 impl fmt::Debug for Keyspace {
@@ -357,6 +389,7 @@ mod keyspace_tests {
     use crate::key_service::{LocalKeyService, NoKmsClient};
     use crate::rng::SystemRandom;
     use crate::SecretBytes;
+    use crate::{WriteCount, WriteLimits};
 
     fn rng() -> Arc<dyn RandomSource> {
         Arc::new(SystemRandom::new().unwrap())
@@ -507,6 +540,248 @@ mod keyspace_tests {
         assert_eq!(
             d.result.unwrap_err().cause.to_string(),
             "[cipher: message authentication failed, no matching key was found for the provided AES transformer]"
+        );
+    }
+
+    /// A log sink for one test: the formatted events, as text.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+        fn capture<T>(&self, f: impl FnOnce() -> T) -> T {
+            let sink = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || sink.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::with_default(subscriber, f)
+        }
+    }
+
+    fn gcm_keyspace() -> Keyspace {
+        let config = EncryptionConfiguration {
+            resources: vec![
+                rule(&["secrets"], vec![gcm("k1", 1), gcm("old", 2)]),
+                rule(&["configmaps"], vec![gcm("other", 3)]),
+            ],
+        };
+        Keyspace::new(&config, "/registry", None, &NoKmsClient, rng()).unwrap()
+    }
+
+    const SECRET: &[u8] = b"/registry/secrets/ns/a";
+
+    fn count_of(ks: &Keyspace, name: &str) -> u64 {
+        let prefix = format!("aesgcm/{name}/");
+        let found: Vec<_> = ks
+            .write_counts()
+            .into_iter()
+            .filter(|c| c.counter_id.starts_with(&prefix))
+            .collect();
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        found[0].writes
+    }
+
+    #[test]
+    fn aesgcm_writes_are_counted_and_warned_at_the_threshold_then_every_step() {
+        let ks = gcm_keyspace();
+        ks.set_write_limits(WriteLimits {
+            warn_from: 5,
+            warn_every: 3,
+            refuse_at: 1000,
+        });
+        let logs = Logs::default();
+        logs.capture(|| {
+            for _ in 0..4 {
+                ks.seal(SECRET, b"v").unwrap();
+            }
+        });
+        assert_eq!(count_of(&ks, "k1"), 4);
+        assert_eq!(count_of(&ks, "old"), 0);
+        assert!(logs.text().is_empty(), "{}", logs.text());
+        assert!(ks.write_limit_warnings().is_empty());
+        logs.capture(|| {
+            for _ in 0..8 {
+                ks.seal(SECRET, b"v").unwrap();
+            }
+        });
+        // Writes 5, 8 and 11 warn; 6, 7, 9, 10 and 12 do not.
+        let text = logs.text();
+        assert_eq!(text.matches(" WARN ").count(), 3, "{text}");
+        for n in [5, 8, 11] {
+            assert!(text.contains(&format!("has sealed {n} values")), "{text}");
+        }
+        assert!(text.contains("aesgcm key \"k1\"") && text.contains("coffer rotate"));
+        let warnings = ks.write_limit_warnings();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("\"k1\" has sealed 12 values"),
+            "{warnings:?}"
+        );
+        // Reads and other resources' keys are not counted.
+        let stored = ks.seal(b"/registry/configmaps/ns/a", b"v").unwrap();
+        ks.open(b"/registry/configmaps/ns/a", &stored).unwrap();
+        assert_eq!(count_of(&ks, "other"), 1);
+        assert_eq!(count_of(&ks, "k1"), 12);
+    }
+
+    #[test]
+    fn default_limits_are_kubernetes_advice_and_2_pow_32_minus_margin() {
+        let l = WriteLimits::default();
+        assert_eq!(l.warn_from, 200_000);
+        assert_eq!(l.warn_every, 100_000);
+        assert_eq!(l.refuse_at, (1u64 << 32) - (1 << 24));
+        assert_eq!(gcm_keyspace().write_limits(), l);
+    }
+
+    #[test]
+    fn seals_are_refused_at_the_limit_with_the_key_name_and_rotation_steps() {
+        let ks = gcm_keyspace();
+        ks.set_write_limits(WriteLimits {
+            warn_from: 2,
+            warn_every: 1,
+            refuse_at: 3,
+        });
+        let mut stored = Vec::new();
+        for _ in 0..3 {
+            stored.push(ks.seal(SECRET, b"v").unwrap());
+        }
+        let e = ks.seal(SECRET, b"v").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(
+                e.cause,
+                TransformError::WriteLimitReached {
+                    writes: 3,
+                    limit: 3,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("with aesgcm (keys \"k1\")"), "{text}");
+        assert!(text.contains("aesgcm key \"k1\""), "{text}");
+        assert!(
+            text.contains("FIRST in the aesgcm provider's keys list"),
+            "{text}"
+        );
+        assert!(
+            text.contains("coffer rotate") && text.contains("kubectl replace"),
+            "{text}"
+        );
+        assert!(!text.contains(&hex::encode([1u8; 32])) && !text.contains("AQEBAQEB"));
+        // Refused writes are not counted; reads still work; other keys still write.
+        assert_eq!(count_of(&ks, "k1"), 3);
+        for s in &stored {
+            assert_eq!(ks.open(SECRET, s).unwrap().plaintext, b"v");
+        }
+        ks.seal(b"/registry/configmaps/ns/a", b"v").unwrap();
+        // After rotation (a new key first), writes go through again.
+        let rotated = Keyspace::new(
+            &EncryptionConfiguration {
+                resources: vec![rule(&["secrets"], vec![gcm("k2", 4), gcm("k1", 1)])],
+            },
+            "/registry",
+            None,
+            &NoKmsClient,
+            rng(),
+        )
+        .unwrap();
+        rotated.set_write_limits(ks.write_limits());
+        rotated.restore_write_counts(&ks.write_counts());
+        assert_eq!(count_of(&rotated, "k1"), 3);
+        let s = rotated.seal(SECRET, b"v").unwrap();
+        assert!(s.starts_with(b"k8s:enc:aesgcm:v1:k2:"));
+        assert_eq!(rotated.open(SECRET, &stored[0]).unwrap().plaintext, b"v");
+    }
+
+    #[test]
+    fn restore_raises_counts_never_lowers_them_and_ignores_unknown_ids() {
+        let ks = gcm_keyspace();
+        for _ in 0..5 {
+            ks.seal(SECRET, b"v").unwrap();
+        }
+        let mut persisted = ks.write_counts();
+        assert_eq!(persisted.len(), 3);
+        for c in &mut persisted {
+            c.writes = if c.counter_id.starts_with("aesgcm/k1/") {
+                2
+            } else {
+                7
+            };
+        }
+        persisted.push(WriteCount {
+            counter_id: "aesgcm/gone/0011223344556677".into(),
+            writes: 99,
+        });
+        ks.restore_write_counts(&persisted);
+        assert_eq!(count_of(&ks, "k1"), 5);
+        assert_eq!(count_of(&ks, "old"), 7);
+        assert_eq!(count_of(&ks, "other"), 7);
+        assert_eq!(ks.write_counts().len(), 3);
+        // Restored counts count towards the limit.
+        ks.set_write_limits(WriteLimits {
+            warn_from: 100,
+            warn_every: 100,
+            refuse_at: 8,
+        });
+        ks.seal(b"/registry/configmaps/ns/a", b"v").unwrap();
+        assert!(ks.seal(b"/registry/configmaps/ns/a", b"v").is_err());
+    }
+
+    #[test]
+    fn counter_ids_are_stable_distinct_and_reveal_nothing() {
+        let a = gcm_keyspace().write_counts();
+        let b = gcm_keyspace().write_counts();
+        assert_eq!(a, b);
+        let ids: Vec<&str> = a.iter().map(|c| c.counter_id.as_str()).collect();
+        for id in &ids {
+            let parts: Vec<&str> = id.split('/').collect();
+            assert_eq!(parts.len(), 3, "{id}");
+            assert_eq!(parts[0], "aesgcm");
+            assert_eq!(parts[2].len(), 16);
+            assert!(parts[2].bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+        // Same name, other key: another id. Same key bytes, other name: its own id, one count.
+        let same_name = crate::write_limit::counter_id("k1", &SecretBytes::new(vec![9; 32]));
+        assert!(!ids.contains(&same_name.as_str()));
+        let k1 = ids.iter().find(|i| i.starts_with("aesgcm/k1/")).unwrap();
+        assert_ne!(&same_name, k1);
+        for key in [1u8, 2, 3] {
+            let hexkey = hex::encode([key; 32]);
+            assert!(ids.iter().all(|id| !hexkey.contains(&id[id.len() - 16..])));
+        }
+        let config = EncryptionConfiguration {
+            resources: vec![
+                rule(&["secrets"], vec![gcm("k1", 1)]),
+                rule(&["configmaps"], vec![gcm("alias", 1)]),
+            ],
+        };
+        let ks = Keyspace::new(&config, "/registry", None, &NoKmsClient, rng()).unwrap();
+        ks.seal(SECRET, b"v").unwrap();
+        ks.seal(b"/registry/configmaps/ns/a", b"v").unwrap();
+        let counts = ks.write_counts();
+        assert_eq!(counts.len(), 2);
+        assert!(counts.iter().all(|c| c.writes == 2), "{counts:?}");
+        assert_eq!(
+            counts
+                .iter()
+                .find(|c| c.counter_id.starts_with("aesgcm/k1/"))
+                .unwrap()
+                .counter_id,
+            k1.to_string()
         );
     }
 

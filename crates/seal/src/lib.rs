@@ -21,6 +21,7 @@ pub mod keyspace;
 pub mod providers;
 pub mod rng;
 pub mod secret;
+pub mod write_limit;
 
 pub use default_key::DefaultKey;
 pub use error::{BuildError, OpenError, SealError, TransformError};
@@ -28,3 +29,4 @@ pub use key_service::{KeyService, LocalKeyService};
 pub use keyspace::{Keyspace, Opened};
 pub use rng::{RandomSource, SystemRandom};
 pub use secret::SecretBytes;
+pub use write_limit::{WriteCount, WriteLimits};

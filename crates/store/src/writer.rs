@@ -47,7 +47,7 @@ const MAX_GROUP: usize = 4096;
 /// the free space a group needs.
 pub(crate) const MAX_GROUP_BYTES: u64 = 16 * 1024 * 1024;
 /// Commands the writer's queue holds; beyond it requests get etcd's `too many requests`.
-pub(crate) const QUEUE: usize = 16 * 1024;
+pub const QUEUE: usize = 16 * 1024;
 /// Lease rows rewritten per checkpoint, the stalest first (the others keep their last
 /// checkpointed remaining TTL, which is never shorter than the real one).
 const CHECKPOINT_BATCH: usize = 10_000;

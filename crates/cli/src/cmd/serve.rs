@@ -386,7 +386,8 @@ fn default_key(plan: &Plan) -> anyhow::Result<DefaultKey> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if key.fingerprint() != rec.fingerprint {
+            // The record may hold the fingerprint of the key's first derivation.
+            if !key.matches_fingerprint(&rec.fingerprint) {
                 bail!(
                     "the default key file {} holds a different key (fingerprint {}) than the one \
                      data directory {} was sealed with (fingerprint {}, from file {}); start with \
@@ -682,6 +683,52 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
         assert!(err.contains("https://127.0.0.1:2379"), "{err}");
+    }
+
+    /// A data directory made before the default key's derivation changed records the first
+    /// derivation's fingerprint (crates/seal/tests/data/default-key-v1.json); it still starts.
+    #[test]
+    fn data_dir_with_the_first_derivations_fingerprint_still_starts() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (data, key_file) = (dir.path().join("data"), dir.path().join("k.key"));
+        fs::create_dir(&data).unwrap();
+        let key = hex::decode("030a11181f262d343b424950575e656c737a81888f969da4abb2b9c0c7ced5dc")
+            .unwrap();
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .unwrap();
+        writeln!(
+            f,
+            "coffer-default-key v1\n{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+        .unwrap();
+        let args = parse(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--default-key-file",
+            key_file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let plan = Plan::resolve(&args).unwrap();
+        for (fingerprint, ok) in [
+            (
+                "016afcbf0e88652f2325fe0eb205760038cbb40fda0f567bbfb5d6d97a6b2c1c",
+                true,
+            ),
+            ("ab".repeat(32).as_str(), false),
+        ] {
+            let rec = Recorded {
+                fingerprint: fingerprint.to_owned(),
+                key_file: key_file.display().to_string(),
+            };
+            write_record(&data, &rec).unwrap();
+            assert_eq!(default_key(&plan).is_ok(), ok, "{fingerprint}");
+        }
     }
 
     #[test]

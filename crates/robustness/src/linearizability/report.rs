@@ -29,6 +29,7 @@ pub(crate) fn explain(
     let minimal = History {
         operations: kept.iter().map(|&i| h.operations[i].clone()).collect(),
         watches: Vec::new(),
+        sealed_prev_kv: Vec::new(),
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -157,6 +158,7 @@ fn check_sub(h: &History, ops: &[usize], deadline: Instant) -> Option<Failure> {
     let sub = History {
         operations: ops.iter().map(|&i| h.operations[i].clone()).collect(),
         watches: Vec::new(),
+        sealed_prev_kv: Vec::new(),
     };
     let p = prepare::prepare(&sub).ok()?;
     let left = deadline.saturating_duration_since(Instant::now());

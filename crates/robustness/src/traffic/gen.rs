@@ -14,15 +14,17 @@ use crate::history::{Compare, Key, Outcome, Request, Response, TxnOp, TxnOpResul
 /// TTL of every lease granted: long enough never to expire within a run.
 pub const LEASE_TTL: i64 = 3600;
 
-/// The keys clients write, `key0`..`key{n-1}`; all lie in `[key, kez)` (the prefix `key`).
+/// The keys clients write, `/registry/secrets/key0`..`/registry/secrets/key{n-1}`; all lie in
+/// `[PREFIX, PREFIX_END)`. They are kube-apiserver's keys of Secrets, so that an
+/// EncryptionConfiguration rule for `secrets` seals them (the `unopenable` fault).
 pub fn key(i: usize) -> Key {
-    format!("key{i}")
+    format!("{PREFIX}{i}")
 }
 
 /// Start of the whole keyspace (as a prefix).
-pub const PREFIX: &str = "key";
-/// End of the whole keyspace: the prefix `key` with its last byte incremented.
-pub const PREFIX_END: &str = "kez";
+pub const PREFIX: &str = "/registry/secrets/key";
+/// End of the whole keyspace: the prefix with its last byte incremented.
+pub const PREFIX_END: &str = "/registry/secrets/kez";
 
 /// A seeded random stream with the few draws the suite needs.
 #[derive(Debug, Clone)]

@@ -192,6 +192,7 @@ pub fn history(ops: Vec<Operation>) -> History {
     History {
         operations: ops,
         watches: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -551,5 +552,6 @@ pub fn generate(seed: u64, cfg: &SimConfig) -> History {
     History {
         operations: ops,
         watches: Vec::new(),
+        ..Default::default()
     }
 }

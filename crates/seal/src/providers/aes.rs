@@ -22,6 +22,7 @@ use super::{Read, Transformer};
 use crate::error::{BuildError, TransformError};
 use crate::rng::RandomSource;
 use crate::secret::SecretBytes;
+use crate::write_limit::{KeyCounter, WriteCounters};
 
 /// GCM nonce size.
 pub const GCM_NONCE_LEN: usize = 12;
@@ -162,19 +163,23 @@ impl fmt::Debug for GcmKey {
     }
 }
 
-/// The `aesgcm` transformer for one key.
+/// The `aesgcm` transformer for one key. Counts its writes and refuses them at the write limit
+/// ([`crate::write_limit`]).
 pub struct AesGcm {
     key: GcmKey,
     rng: Arc<dyn RandomSource>,
     label: Arc<str>,
+    writes: Arc<KeyCounter>,
 }
 
 impl AesGcm {
-    /// One aesgcm key (16, 24 or 32 bytes).
+    /// One aesgcm key (16, 24 or 32 bytes) named `name`, counted in `counters`.
     pub fn new(
+        name: &str,
         secret: &SecretBytes,
         rng: Arc<dyn RandomSource>,
         label: Arc<str>,
+        counters: &WriteCounters,
     ) -> Result<Self, BuildError> {
         let key = GcmKey::new(secret.expose_secret()).map_err(|_| BuildError::KeySize {
             provider: "aesgcm",
@@ -182,7 +187,12 @@ impl AesGcm {
             len: secret.len(),
             expected: "[16 24 32]",
         })?;
-        Ok(Self { key, rng, label })
+        Ok(Self {
+            key,
+            rng,
+            label,
+            writes: counters.counter(name, secret),
+        })
     }
 }
 
@@ -210,6 +220,7 @@ impl Transformer for AesGcm {
         etcd_key: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), TransformError> {
+        self.writes.admit()?;
         let mut nonce = [0u8; GCM_NONCE_LEN];
         self.rng.fill(&mut nonce)?;
         self.key.seal_append(nonce, etcd_key, plaintext, out)
@@ -372,5 +383,20 @@ impl Transformer for AesCbc {
 
     fn overhead(&self) -> usize {
         2 * BLOCK_LEN + 32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The RustCrypto key schedules wipe themselves on drop (the workspace enables their
+    /// `zeroize` features; without them this does not compile). ring's AES-GCM keys cannot.
+    #[test]
+    fn rustcrypto_key_schedules_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<aes::Aes128>();
+        wiped::<aes::Aes192>();
+        wiped::<aes::Aes256>();
+        wiped::<cbc::Encryptor<aes::Aes256>>();
+        wiped::<cbc::Decryptor<aes::Aes128>>();
     }
 }

@@ -23,10 +23,11 @@ pub mod secretbox;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::model::{KeysConfiguration, KmsApiVersion, ProviderConfiguration};
+use crate::config::model::{Key, KeysConfiguration, KmsApiVersion, ProviderConfiguration};
 use crate::error::{BuildError, TransformError};
 use crate::key_service::KmsConnector;
 use crate::rng::RandomSource;
+use crate::write_limit::WriteCounters;
 
 /// Every encrypted value starts with this; identity refuses to read it.
 pub const ENCRYPTED_PREFIX: &[u8] = b"k8s:enc:";
@@ -225,11 +226,22 @@ pub mod prefixes {
     pub const KMS_V2: &str = "k8s:enc:kms:v2:";
 }
 
-/// Builds one provider (as a top-level prefix entry) from its configuration.
+/// Builds one provider (as a top-level prefix entry) from its configuration, with aesgcm write
+/// counts of its own (a [`crate::Keyspace`] shares one set of counts between its providers).
 pub fn build_provider(
     provider: &ProviderConfiguration,
     kms: &dyn KmsConnector,
     rng: &Arc<dyn RandomSource>,
+) -> Result<PrefixTransformer, BuildError> {
+    build_counted(provider, kms, rng, &WriteCounters::default())
+}
+
+/// [`build_provider`] counting aesgcm writes in `counters`.
+pub fn build_counted(
+    provider: &ProviderConfiguration,
+    kms: &dyn KmsConnector,
+    rng: &Arc<dyn RandomSource>,
+    counters: &WriteCounters,
 ) -> Result<PrefixTransformer, BuildError> {
     Ok(match provider {
         ProviderConfiguration::Identity => {
@@ -240,23 +252,31 @@ pub fn build_provider(
             "aesgcm",
             keys,
             NoMatch::AesKey,
-            |secret, label| Ok(Arc::new(aes::AesGcm::new(secret, rng.clone(), label)?)),
+            |key, label| {
+                Ok(Arc::new(aes::AesGcm::new(
+                    &key.name,
+                    &key.secret,
+                    rng.clone(),
+                    label,
+                    counters,
+                )?))
+            },
         )?,
         ProviderConfiguration::AesCbc(keys) => keyed(
             prefixes::AESCBC,
             "aescbc",
             keys,
             NoMatch::AesKey,
-            |secret, label| Ok(Arc::new(aes::AesCbc::new(secret, rng.clone(), label)?)),
+            |key, label| Ok(Arc::new(aes::AesCbc::new(&key.secret, rng.clone(), label)?)),
         )?,
         ProviderConfiguration::Secretbox(keys) => keyed(
             prefixes::SECRETBOX,
             "secretbox",
             keys,
             NoMatch::SecretboxKey,
-            |secret, label| {
+            |key, label| {
                 Ok(Arc::new(secretbox::Secretbox::new(
-                    secret,
+                    &key.secret,
                     rng.clone(),
                     label,
                 )?))
@@ -296,7 +316,7 @@ fn keyed(
     kind: &'static str,
     keys: &KeysConfiguration,
     no_match: NoMatch,
-    make: impl Fn(&crate::SecretBytes, Arc<str>) -> Result<Arc<dyn Transformer>, BuildError>,
+    make: impl Fn(&Key, Arc<str>) -> Result<Arc<dyn Transformer>, BuildError>,
 ) -> Result<PrefixTransformer, BuildError> {
     if keys.keys.is_empty() {
         return Err(BuildError::NoKeys { provider: kind });
@@ -305,7 +325,7 @@ fn keyed(
     let mut names = Vec::with_capacity(keys.keys.len());
     for key in &keys.keys {
         let label: Arc<str> = format!("{kind} key {:?}", key.name).into();
-        let t = make(&key.secret, label.clone()).map_err(|e| match e {
+        let t = make(key, label.clone()).map_err(|e| match e {
             BuildError::KeySize {
                 provider,
                 len,
@@ -335,9 +355,10 @@ pub fn build_chain(
     kms: &dyn KmsConnector,
     rng: &Arc<dyn RandomSource>,
 ) -> Result<PrefixTransformers, BuildError> {
+    let counters = WriteCounters::default();
     let entries = providers
         .iter()
-        .map(|p| build_provider(p, kms, rng))
+        .map(|p| build_counted(p, kms, rng, &counters))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PrefixTransformers::new(entries, NoMatch::Prefix))
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod compact;
+mod faults;
 mod group;
 mod model;
 mod restart;
