@@ -6,7 +6,8 @@
 //!
 //! The tests live in `tests/`: `side_by_side.rs` (every KV option, error string and etcdctl
 //! command on both servers), `kube_replay.rs` (what kube-apiserver sends, its watch cache
-//! included), `watch.rs` and `lease.rs`, `soak.rs` (many writers and watchers, every event
+//! included), `watch.rs` and `lease.rs`, `request_size.rs` (`--max-request-bytes` at its exact
+//! boundaries), `soak.rs` (many writers and watchers, every event
 //! checked), and the crash and on-disk marker tests. They need `etcd` and `etcdctl` (Debian's 3.4.23) on `$PATH` and a built
 //! `coffer` binary (`cargo build -p coffer`, or `$COFFER_BIN`).
 

@@ -303,11 +303,29 @@ mod tests {
         }
     }
 
+    /// The next response, waiting at most 30 s (a generous bound for a loaded machine: the
+    /// checks below wait for something that must come, never count what came in a window).
+    async fn next_response(inbound: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
+        tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .expect("no watch response within 30 s")
+            .unwrap()
+            .expect("watch stream ended")
+    }
+
     /// Periodic progress notifications over real gRPC: only to `progress_notify` watchers,
-    /// never to a watcher whose start revision is in the future (#20221).
+    /// never to a watcher whose start revision is in the future (etcd #20221), none to a
+    /// cancelled watcher, and never more often than the 100 ms minimum interval.
+    ///
+    /// Deterministic under load: all four watchers share the stream's ticker, so any tick that
+    /// reaches `p` would reach `q` and `f` too if they were eligible; the n-th notification
+    /// cannot arrive before n intervals after the stream opened (load only delays it); and
+    /// after `p`'s cancel response, the witness `w` receiving two more notifications proves
+    /// ticks went on (notices keep their order on the stream) while `p` received none.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn periodic_progress_notifications() {
         use coffer_proto::watch_client::WatchClient;
+        use coffer_proto::WatchCancelRequest;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
             coffer_store::EmbeddedStore::open(
@@ -321,6 +339,7 @@ mod tests {
         config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
         // Below the minimum: raised to 100 ms.
         config.watch_progress_notify_interval = Duration::from_millis(10);
+        let min_interval = crate::config::MIN_WATCH_PROGRESS_NOTIFY_INTERVAL;
         let listeners = crate::bind(&config).await.unwrap();
         let addr = listeners.local_addrs()[0];
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -338,9 +357,14 @@ mod tests {
                 },
             )),
         };
+        // Watch ids 0..=3 in this order.
+        let (p, q, f, w) = (0, 1, 2, 3);
         tx.send(create("p", 0, true)).await.unwrap();
         tx.send(create("q", 0, false)).await.unwrap();
         tx.send(create("f", 1000, true)).await.unwrap();
+        tx.send(create("w", 0, true)).await.unwrap();
+        // Before the stream opens: its ticker starts later.
+        let opened_before = std::time::Instant::now();
         let mut client = WatchClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
@@ -349,26 +373,65 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        let mut progress = std::collections::BTreeMap::<i64, usize>::new();
-        let started = std::time::Instant::now();
-        let mut created = 0;
-        while started.elapsed() < Duration::from_millis(1000) {
-            match tokio::time::timeout(Duration::from_millis(200), inbound.message()).await {
-                Ok(Ok(Some(r))) if r.created => created += 1,
-                Ok(Ok(Some(r))) => {
-                    assert!(r.events.is_empty() && !r.canceled, "{r:?}");
-                    assert_eq!(r.header.unwrap().revision, 1);
-                    *progress.entry(r.watch_id).or_default() += 1;
-                }
-                Ok(other) => panic!("{other:?}"),
-                Err(_) => {}
+        let is_progress = |r: &WatchResponse| {
+            assert!(
+                r.events.is_empty() && !r.canceled && !r.created,
+                "not a progress notification: {r:?}"
+            );
+            assert_eq!(r.header.as_ref().unwrap().revision, 1);
+            assert!(
+                r.watch_id == p || r.watch_id == w,
+                "progress notification to watcher {} (q: no progress_notify, f: start in \
+                 the future)",
+                r.watch_id
+            );
+        };
+
+        // Three notifications to `p` (and every create answered).
+        let mut created = Vec::new();
+        let mut to_p = 0;
+        while to_p < 3 || created.len() < 4 {
+            let r = next_response(&mut inbound).await;
+            if r.created {
+                created.push(r.watch_id);
+                continue;
+            }
+            is_progress(&r);
+            if r.watch_id == p {
+                to_p += 1;
+                let elapsed = opened_before.elapsed();
+                assert!(
+                    elapsed >= min_interval * to_p,
+                    "notification {to_p} to p after {elapsed:?}: more often than every \
+                     {min_interval:?}"
+                );
             }
         }
-        assert_eq!(created, 3);
-        let to_first = progress.remove(&0).unwrap_or(0);
-        // ~10 ticks in a second at 100 ms (+ up to 10 % jitter); at least a few.
-        assert!((3..=11).contains(&to_first), "{to_first}");
-        assert!(progress.is_empty(), "only watcher 0 asked: {progress:?}");
+        assert_eq!(created, [p, q, f, w]);
+
+        // Cancel `p`: nothing more for it, while `w` keeps receiving notifications.
+        tx.send(WatchRequest {
+            request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest {
+                watch_id: p,
+            })),
+        })
+        .await
+        .unwrap();
+        loop {
+            let r = next_response(&mut inbound).await;
+            if r.canceled {
+                assert_eq!(r.watch_id, p, "{r:?}");
+                break;
+            }
+            is_progress(&r);
+        }
+        let mut to_w = 0;
+        while to_w < 2 {
+            let r = next_response(&mut inbound).await;
+            is_progress(&r);
+            assert_eq!(r.watch_id, w, "progress notification after cancel: {r:?}");
+            to_w += 1;
+        }
         drop(tx);
         drop(inbound);
         let _ = stop.send(());
