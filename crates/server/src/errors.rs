@@ -94,6 +94,25 @@ pub enum ServerError {
     /// The storage engine failed. Details stay in the server log.
     #[error("coffer: the storage engine failed (details in the server log)")]
     Engine,
+    /// The writer's queue is full (etcd sends this text as UNKNOWN).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    /// A write's outcome is unknown (it may have been applied); etcd's timeout, which clients
+    /// treat as "look again".
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// Writes are refused since a commit's outcome became unknown, until a restart.
+    #[error(
+        "coffer: writes are stopped after a failed commit; restart the server to recover from \
+         its write-ahead log (details in the server log)"
+    )]
+    WritesStopped,
+    /// Stored data failed its checksum. Details stay in the server log.
+    #[error("coffer: stored data is damaged (details in the server log)")]
+    Corrupt,
+    /// The store's lease limit is reached.
+    #[error("coffer: too many leases; revoke unused leases or raise --max-leases")]
+    TooManyLeases,
 }
 
 impl ServerError {
@@ -115,15 +134,20 @@ impl ServerError {
                 Code::OutOfRange
             }
             ServerError::LeaseExist => Code::FailedPrecondition,
-            ServerError::NoSpace | ServerError::DiskFull => Code::ResourceExhausted,
+            ServerError::NoSpace | ServerError::DiskFull | ServerError::TooManyLeases => {
+                Code::ResourceExhausted
+            }
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             // etcd maps this one to a client-side error value without a gRPC status, so gRPC
             // sends it as UNKNOWN (observed on 3.4.23; same mapping in 3.5/3.6 source).
-            ServerError::MemberNotEnoughStarted => Code::Unknown,
+            ServerError::MemberNotEnoughStarted | ServerError::TooManyRequests => Code::Unknown,
             ServerError::MemberNotLearner
             | ServerError::BadLeaderTransferee
             | ServerError::NoInflightDowngrade => Code::FailedPrecondition,
-            ServerError::Stopped => Code::Unavailable,
+            ServerError::Stopped | ServerError::Timeout | ServerError::WritesStopped => {
+                Code::Unavailable
+            }
+            ServerError::Corrupt => Code::DataLoss,
             ServerError::Unsealable | ServerError::Unsealed | ServerError::Engine => Code::Internal,
         }
     }
@@ -163,6 +187,17 @@ impl From<coffer_store::Error> for ServerError {
             E::Seal { .. } => {
                 tracing::error!(error = %err, "a value could not be sealed");
                 ServerError::Unsealed
+            }
+            E::TooManyRequests => ServerError::TooManyRequests,
+            E::TooManyLeases { .. } => ServerError::TooManyLeases,
+            E::OutcomeUnknown(_) => {
+                tracing::error!(error = %err, "a write's outcome is unknown");
+                ServerError::Timeout
+            }
+            E::WritesStopped(_) => ServerError::WritesStopped,
+            E::Corrupt(_) => {
+                tracing::error!(error = %err, "damaged data");
+                ServerError::Corrupt
             }
             other => {
                 tracing::error!(error = %other, "storage engine failure");

@@ -110,9 +110,27 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::ResourceExhausted,
             "coffer: no space left on the data directory's disk; writes resume once space is freed",
         ),
+        ServerError::TooManyRequests => (27, Code::Unknown, "etcdserver: too many requests"),
+        ServerError::Timeout => (28, Code::Unavailable, "etcdserver: request timed out"),
+        ServerError::WritesStopped => (
+            29,
+            Code::Unavailable,
+            "coffer: writes are stopped after a failed commit; restart the server to recover \
+             from its write-ahead log (details in the server log)",
+        ),
+        ServerError::Corrupt => (
+            30,
+            Code::DataLoss,
+            "coffer: stored data is damaged (details in the server log)",
+        ),
+        ServerError::TooManyLeases => (
+            31,
+            Code::ResourceExhausted,
+            "coffer: too many leases; revoke unused leases or raise --max-leases",
+        ),
     }
 }
-const VARIANTS: usize = 27;
+const VARIANTS: usize = 32;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -143,6 +161,11 @@ fn all() -> Vec<ServerError> {
         ServerError::LeaseExist,
         ServerError::LeaseTtlTooLarge,
         ServerError::DiskFull,
+        ServerError::TooManyRequests,
+        ServerError::Timeout,
+        ServerError::WritesStopped,
+        ServerError::Corrupt,
+        ServerError::TooManyLeases,
     ]
 }
 
@@ -164,7 +187,8 @@ fn every_server_error_has_etcds_code_and_text() {
 fn every_store_error_maps_to_the_right_etcd_error() {
     use coffer_store::Error as E;
     let secret_value = "sensitive-plaintext";
-    let cases: Vec<(E, Code, &str)> = vec![
+    let cases: Vec<(E, Code, &str)> =
+        vec![
         (
             E::KeyNotFound,
             Code::InvalidArgument,
@@ -224,6 +248,28 @@ fn every_store_error_maps_to_the_right_etcd_error() {
             },
             Code::Internal,
             "coffer: a value could not be sealed (details in the server log)",
+        ),
+        (E::TooManyRequests, Code::Unknown, "etcdserver: too many requests"),
+        (
+            E::OutcomeUnknown(format!("fdatasync failed near {secret_value}")),
+            Code::Unavailable,
+            "etcdserver: request timed out",
+        ),
+        (
+            E::WritesStopped(format!("engine commit near {secret_value}")),
+            Code::Unavailable,
+            "coffer: writes are stopped after a failed commit; restart the server to recover \
+             from its write-ahead log (details in the server log)",
+        ),
+        (
+            E::Corrupt(format!("record of /registry/x near {secret_value}")),
+            Code::DataLoss,
+            "coffer: stored data is damaged (details in the server log)",
+        ),
+        (
+            E::TooManyLeases { max: 3 },
+            Code::ResourceExhausted,
+            "coffer: too many leases; revoke unused leases or raise --max-leases",
         ),
         (
             E::Engine(format!("disk full writing {secret_value}")),
