@@ -562,6 +562,20 @@ pub(crate) fn get_record<'t>(
         .map_err(engine_err("read a record"))
 }
 
+/// The write counts persisted in the stopped store of `data_dir` (for `coffer config check`).
+/// A store in use by a running server cannot be opened: the error says so.
+pub fn read_write_counts(data_dir: &Path) -> Result<Vec<(String, u64)>, Error> {
+    let path = data_dir.join(DB_FILE);
+    let db = Database::builder().open_read_only(&path).map_err(|e| {
+        Error::Engine(format!(
+            "cannot open {} read-only (is the server running on it?): {e}",
+            path.display()
+        ))
+    })?;
+    let rtxn = db.begin_read().map_err(engine_err("begin read"))?;
+    Ok(read_meta(&rtxn)?.write_counts)
+}
+
 fn open_private(path: &Path, create: bool) -> Result<fs::File, Error> {
     let mut o = fs::OpenOptions::new();
     o.read(true).write(true);
