@@ -32,6 +32,19 @@ pub enum ServerError {
     /// A write request larger than `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// A bounded resource (concurrent snapshots) is in use; retry later (etcd's
+    /// `ErrGRPCTooManyRequests`).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    /// A response larger than `--max-response-bytes`: gRPC-go's text for a message over the
+    /// server's send limit.
+    #[error("grpc: trying to send message larger than max ({size} vs. {limit})")]
+    ResponseTooLarge {
+        /// Encoded size of the response.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The requested revision was compacted.
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
@@ -115,7 +128,10 @@ impl ServerError {
                 Code::OutOfRange
             }
             ServerError::LeaseExist => Code::FailedPrecondition,
-            ServerError::NoSpace | ServerError::DiskFull => Code::ResourceExhausted,
+            ServerError::NoSpace
+            | ServerError::DiskFull
+            | ServerError::TooManyRequests
+            | ServerError::ResponseTooLarge { .. } => Code::ResourceExhausted,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             // etcd maps this one to a client-side error value without a gRPC status, so gRPC
             // sends it as UNKNOWN (observed on 3.4.23; same mapping in 3.5/3.6 source).

@@ -1,7 +1,8 @@
 //! Request validation done before a request reaches the store, exactly as etcd's
 //! `etcdserver/api/v3rpc/key.go` does it (`checkRangeRequest`, `checkPutRequest`,
 //! `checkDeleteRequest`, `checkTxnRequest`, `checkRequestOp`, `checkIntervals`), plus the
-//! `--max-request-bytes` limit etcd applies to the raft entry of every write.
+//! `--max-request-bytes` limit etcd applies to the raft entry of every write and the
+//! `--max-response-bytes` limit on what a Range or Txn sends back.
 //!
 //! The order of the checks is etcd's, so a request with several faults gets etcd's error.
 
@@ -296,6 +297,24 @@ pub fn request_size<M: Message>(req: &M, max_request_bytes: usize) -> Result<(),
     let body = req.encoded_len();
     if body + raft_envelope_len(body) > max_request_bytes {
         return Err(ServerError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+/// `--max-response-bytes`: a response larger than the limit is refused as gRPC-go refuses a
+/// message over the server's send limit (etcd's is `math.MaxInt32`).
+pub fn response_size<M: Message>(resp: &M, max_response_bytes: usize) -> Result<(), ServerError> {
+    let size = resp.encoded_len();
+    if size > max_response_bytes {
+        tracing::warn!(
+            size,
+            limit = max_response_bytes,
+            "response refused: larger than --max-response-bytes"
+        );
+        return Err(ServerError::ResponseTooLarge {
+            size,
+            limit: max_response_bytes,
+        });
     }
     Ok(())
 }

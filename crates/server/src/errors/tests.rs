@@ -110,9 +110,17 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::ResourceExhausted,
             "coffer: no space left on the data directory's disk; writes resume once space is freed",
         ),
+        ServerError::TooManyRequests => {
+            (27, Code::ResourceExhausted, "etcdserver: too many requests")
+        }
+        ServerError::ResponseTooLarge { .. } => (
+            28,
+            Code::ResourceExhausted,
+            "grpc: trying to send message larger than max (2147483648 vs. 2147483647)",
+        ),
     }
 }
-const VARIANTS: usize = 27;
+const VARIANTS: usize = 29;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -143,6 +151,11 @@ fn all() -> Vec<ServerError> {
         ServerError::LeaseExist,
         ServerError::LeaseTtlTooLarge,
         ServerError::DiskFull,
+        ServerError::TooManyRequests,
+        ServerError::ResponseTooLarge {
+            size: 2147483648,
+            limit: 2147483647,
+        },
     ]
 }
 
