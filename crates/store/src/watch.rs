@@ -830,7 +830,10 @@ async fn live_loop(
             if !st.streams.contains_key(&stream) {
                 return;
             }
-            st.deliver(stream)
+            let fell_back = st.deliver(stream);
+            // Watchers whose client went away were removed.
+            hub.watchers.store(st.watchers.len(), Ordering::Release);
+            fell_back
         };
         if fell_back {
             wake.notify_one();
