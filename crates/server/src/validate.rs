@@ -306,7 +306,7 @@ pub fn request_size<M: Message>(req: &M, max_request_bytes: usize) -> Result<(),
 pub fn response_size<M: Message>(resp: &M, max_response_bytes: usize) -> Result<(), ServerError> {
     let size = resp.encoded_len();
     if size > max_response_bytes {
-        tracing::warn!(
+        tracing::debug!(
             size,
             limit = max_response_bytes,
             "response refused: larger than --max-response-bytes"

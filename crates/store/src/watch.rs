@@ -586,7 +586,7 @@ impl WatchStream {
             let on_stream = st.streams.get(&self.id).map_or(0, |s| s.members.len());
             let total = st.watchers.len();
             if on_stream >= self.max_per_stream || total >= self.max_total {
-                tracing::warn!(
+                tracing::debug!(
                     on_stream,
                     total,
                     max_per_stream = self.max_per_stream,
