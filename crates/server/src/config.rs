@@ -15,6 +15,18 @@ pub const DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration =
 /// Smallest progress interval; smaller values are raised to it (etcd: 100 ms).
 pub const MIN_WATCH_PROGRESS_NOTIFY_INTERVAL: std::time::Duration =
     std::time::Duration::from_millis(100);
+/// Default `--max-response-bytes`: gRPC-go's send limit in etcd (`math.MaxInt32`).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+/// etcd's `--max-concurrent-streams` default (`math.MaxUint32`): HTTP/2 streams per connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = u32::MAX;
+/// Default `--max-watchers-per-stream` (Coffer's own; etcd has no limit).
+pub const DEFAULT_MAX_WATCHERS_PER_STREAM: usize =
+    coffer_store::watch::DEFAULT_MAX_WATCHERS_PER_STREAM;
+/// Default `--max-watchers` (Coffer's own; etcd has no limit).
+pub const DEFAULT_MAX_WATCHERS: usize = coffer_store::watch::DEFAULT_MAX_WATCHERS;
+/// Snapshots served at once by default; each holds a full copy of the database on the data
+/// directory's disk until it is sent.
+pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = 1;
 /// The peer URL a single member advertises (Coffer has no peers; etcd's default).
 pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
 
@@ -65,6 +77,17 @@ pub struct ServerConfig {
     /// period of progress notifications to watchers with `progress_notify` (values below
     /// [`MIN_WATCH_PROGRESS_NOTIFY_INTERVAL`] are raised to it when serving).
     pub watch_progress_notify_interval: std::time::Duration,
+    /// `--max-response-bytes`: the largest response sent; a Range or Txn whose response would
+    /// be larger is refused with gRPC-go's `RESOURCE_EXHAUSTED` text.
+    pub max_response_bytes: usize,
+    /// `--max-concurrent-streams`: HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection.
+    pub max_concurrent_streams: u32,
+    /// `--max-watchers-per-stream`: watchers one Watch stream may hold.
+    pub max_watchers_per_stream: usize,
+    /// `--max-watchers`: watchers the server holds over all streams.
+    pub max_watchers: usize,
+    /// Maintenance.Snapshot calls served at once; more get `etcdserver: too many requests`.
+    pub max_concurrent_snapshots: usize,
 }
 
 impl ServerConfig {
@@ -81,7 +104,19 @@ impl ServerConfig {
             member_id,
             tls: None,
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_watchers_per_stream: DEFAULT_MAX_WATCHERS_PER_STREAM,
+            max_watchers: DEFAULT_MAX_WATCHERS,
+            max_concurrent_snapshots: DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
         }
+    }
+
+    /// The largest gRPC message the server sends: `max_response_bytes`, and never less than
+    /// what it accepts.
+    pub fn max_encoding_message_size(&self) -> usize {
+        self.max_response_bytes
+            .max(self.max_decoding_message_size())
     }
 
     /// The largest gRPC message the server accepts: `max_request_bytes` + 512 KiB.

@@ -32,6 +32,19 @@ pub enum ServerError {
     /// A write request larger than `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// A bounded resource (the writer's queue, concurrent snapshots) is full; retry later
+    /// (etcd's `ErrTooManyRequests`, which etcd sends as UNKNOWN).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    /// A response larger than `--max-response-bytes`: gRPC-go's text for a message over the
+    /// server's send limit.
+    #[error("grpc: trying to send message larger than max ({size} vs. {limit})")]
+    ResponseTooLarge {
+        /// Encoded size of the response.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The requested revision was compacted.
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
@@ -94,9 +107,6 @@ pub enum ServerError {
     /// The storage engine failed. Details stay in the server log.
     #[error("coffer: the storage engine failed (details in the server log)")]
     Engine,
-    /// The writer's queue is full (etcd sends this text as UNKNOWN).
-    #[error("etcdserver: too many requests")]
-    TooManyRequests,
     /// A write's outcome is unknown (it may have been applied); etcd's timeout, which clients
     /// treat as "look again".
     #[error("etcdserver: request timed out")]
@@ -134,9 +144,10 @@ impl ServerError {
                 Code::OutOfRange
             }
             ServerError::LeaseExist => Code::FailedPrecondition,
-            ServerError::NoSpace | ServerError::DiskFull | ServerError::TooManyLeases => {
-                Code::ResourceExhausted
-            }
+            ServerError::NoSpace
+            | ServerError::DiskFull
+            | ServerError::TooManyLeases
+            | ServerError::ResponseTooLarge { .. } => Code::ResourceExhausted,
             ServerError::LeaseNotFound | ServerError::MemberNotFound => Code::NotFound,
             // etcd maps this one to a client-side error value without a gRPC status, so gRPC
             // sends it as UNKNOWN (observed on 3.4.23; same mapping in 3.5/3.6 source).

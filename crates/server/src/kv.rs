@@ -78,6 +78,7 @@ impl<B: Backend> Kv for KvService<B> {
         // etcd finds a bad sort target only after the read (revision errors come first).
         sort_check?;
         self.shared.stamp(&mut resp.header);
+        validate::response_size(&resp, self.shared.config.max_response_bytes)?;
         debug!(kvs = resp.kvs.len(), count = resp.count, "range done");
         Ok(Response::new(resp))
     }
@@ -148,6 +149,7 @@ impl<B: Backend> Kv for KvService<B> {
             Err(e) => return Err(self.failed(e).await.into()),
         };
         self.shared.stamp(&mut resp.header);
+        validate::response_size(&resp, self.shared.config.max_response_bytes)?;
         debug!(succeeded = resp.succeeded, "txn done");
         Ok(Response::new(resp))
     }

@@ -2,7 +2,8 @@
 //!
 //! The tonic services (KV, Watch, Lease, Maintenance, Cluster and `grpc.health.v1`; Auth
 //! comes with a later issue and answers `UNIMPLEMENTED` until then), request limits
-//! (`--max-request-bytes`, `--max-txn-ops`), request validation, and the one table that maps
+//! (`--max-request-bytes`, `--max-txn-ops`, `--max-response-bytes`, `--max-concurrent-streams`,
+//! the watcher and snapshot limits), request validation, and the one table that maps
 //! store errors to etcd's gRPC codes and `etcdserver: ...` strings. Thin: it translates,
 //! checks and delegates to the store.
 //!
@@ -161,27 +162,29 @@ where
         return Err(ServeError::TlsUnsupported);
     }
     let max_recv = config.max_decoding_message_size();
+    let max_send = config.max_encoding_message_size();
+    let max_streams = config.max_concurrent_streams;
     let shared = state::Shared::new(config);
 
     let kv = KvServer::new(kv::KvService::new(backend.clone(), shared.clone()))
         .max_decoding_message_size(max_recv)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(max_send);
     let maintenance = MaintenanceServer::new(maintenance::MaintenanceService::new(
         backend.clone(),
         shared.clone(),
     ))
     .max_decoding_message_size(max_recv)
-    .max_encoding_message_size(usize::MAX);
+    .max_encoding_message_size(max_send);
     let watch_hub = backend.watch_hub();
     let lease = coffer_proto::lease_server::LeaseServer::new(lease::LeaseService::new(
         backend.clone(),
         shared.clone(),
     ))
     .max_decoding_message_size(max_recv)
-    .max_encoding_message_size(usize::MAX);
+    .max_encoding_message_size(max_send);
     let cluster = ClusterServer::new(cluster::ClusterService::new(backend, shared.clone()))
         .max_decoding_message_size(max_recv)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(max_send);
     // The reporter starts with service "" SERVING, as etcd registers it.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
 
@@ -190,9 +193,10 @@ where
     let watch = watch_hub.map(|hub| {
         coffer_proto::watch_server::WatchServer::new(watch::WatchService::new(hub, shared.clone()))
             .max_decoding_message_size(max_recv)
-            .max_encoding_message_size(usize::MAX)
+            .max_encoding_message_size(max_send)
     });
     let router = Server::builder()
+        .max_concurrent_streams(Some(max_streams))
         .layer(wire::EtcdWireLayer)
         .add_service(health)
         .add_service(kv)

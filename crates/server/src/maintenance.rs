@@ -18,7 +18,7 @@ use coffer_proto::{
 use coffer_store::{AlarmChange, Backend};
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use crate::errors::ServerError;
 use crate::hash::hash_keyspace;
@@ -223,6 +223,16 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Each snapshot is a full copy of the database on the data directory's disk until it
+        // has been sent: at most `max_concurrent_snapshots` at once; more are refused at once
+        // (etcd's overload error) rather than queued, so waiting calls cannot pile up.
+        let Ok(permit) = Arc::clone(&self.shared.snapshots).try_acquire_owned() else {
+            warn!(
+                limit = self.shared.config.max_concurrent_snapshots,
+                "snapshot refused: too many snapshots in progress"
+            );
+            return Err(ServerError::TooManyRequests.into());
+        };
         let backend = Arc::clone(&self.backend);
         let mut snap = tokio::task::spawn_blocking(move || backend.snapshot())
             .await
@@ -238,7 +248,9 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         let header = self.shared.header(info.revision);
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_BUFFER);
         // Reads the file on a blocking thread; stops when the client goes away.
+        // The permit is released with the file, once every chunk is queued or the client left.
         tokio::task::spawn_blocking(move || loop {
+            let _permit = &permit;
             let msg = match snap.next_chunk() {
                 Ok(Some(chunk)) => Ok(SnapshotResponse {
                     header: Some(header),

@@ -1,5 +1,5 @@
-//! State the services share: the member's identity for response headers, the limits and the
-//! shutdown signal. (Alarms live in the store, which persists them.)
+//! State the services share: the member's identity for response headers, the limits (with the
+//! snapshot semaphore) and the shutdown signal. (Alarms live in the store, which persists them.)
 
 use std::sync::Arc;
 
@@ -18,12 +18,15 @@ pub struct Shared {
     /// Set once shutdown begins: long-lived streams (Watch, LeaseKeepAlive) end on it, so a
     /// graceful stop does not wait for clients that would never hang up.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// One permit per Maintenance.Snapshot that may run (`max_concurrent_snapshots`).
+    pub snapshots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
     /// Wraps a configuration.
     pub fn new(config: ServerConfig) -> Arc<Self> {
         Arc::new(Shared {
+            snapshots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_snapshots)),
             config,
             stopping: tokio::sync::watch::Sender::new(false),
         })

@@ -1,11 +1,14 @@
 //! Request validation done before a request reaches the store, exactly as etcd's
 //! `etcdserver/api/v3rpc/key.go` does it (`checkRangeRequest`, `checkPutRequest`,
 //! `checkDeleteRequest`, `checkTxnRequest`, `checkRequestOp`, `checkIntervals`), plus the
-//! `--max-request-bytes` limit etcd applies to the raft entry of every write.
+//! `--max-request-bytes` limit etcd applies to the raft entry of every write and the
+//! `--max-response-bytes` limit on what a Range or Txn sends back.
 //!
 //! The order of the checks is etcd's, so a request with several faults gets etcd's error.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use coffer_proto::range_request::SortTarget;
 use coffer_proto::{
@@ -100,83 +103,158 @@ fn request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ServerError> {
     }
 }
 
-/// A deleted interval as etcd's interval tree holds it: `[begin, end)`, or the single key
-/// `begin` when `end` is `None`. An `end` of `"\x00"` or any `end <= begin` is an empty
-/// interval, so such deletes never conflict with a put (etcd behaves the same way).
-#[derive(Debug, Clone)]
-struct Deleted {
-    begin: Vec<u8>,
-    end: Option<Vec<u8>>,
+/// Keys put in one list of ops (nested txns included), borrowed from the request.
+type Puts<'a> = BTreeSet<&'a [u8]>;
+
+/// The keys deleted in one list of ops (nested txns included): the union of the deleted
+/// intervals, kept as disjoint non-empty `[begin, end)` ranges keyed by `begin`. A point
+/// delete of `k` is `[k, k + "\x00")`, as in etcd's interval tree. A range whose `end` is
+/// `"\x00"` or `<= begin` is empty there, so such deletes never conflict with a put (etcd
+/// behaves the same way); they are not kept.
+#[derive(Debug, Default)]
+struct Deletes<'a> {
+    ranges: BTreeMap<&'a [u8], Cow<'a, [u8]>>,
 }
 
-impl Deleted {
-    fn contains(&self, key: &[u8]) -> bool {
-        match &self.end {
-            None => self.begin.as_slice() == key,
-            Some(end) => self.begin.as_slice() <= key && key < end.as_slice(),
+impl<'a> Deletes<'a> {
+    fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Adds `[begin, end)`, merging it with the ranges it overlaps or touches.
+    fn insert(&mut self, mut begin: &'a [u8], mut end: Cow<'a, [u8]>) {
+        if end.as_ref() <= begin {
+            return;
+        }
+        if let Some((&b, e)) = self
+            .ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(begin)))
+            .next_back()
+        {
+            if e.as_ref() >= end.as_ref() {
+                return;
+            }
+            if e.as_ref() >= begin {
+                begin = b;
+            }
+        }
+        // Every range starting in [begin, end] now lies inside or extends the new one.
+        while let Some((&b, _)) = self
+            .ranges
+            .range::<[u8], _>((Bound::Included(begin), Bound::Unbounded))
+            .next()
+        {
+            if b > end.as_ref() {
+                break;
+            }
+            if let Some(e) = self.ranges.remove(b) {
+                if e.as_ref() > end.as_ref() {
+                    end = e;
+                }
+            }
+        }
+        self.ranges.insert(begin, end);
+    }
+
+    /// Whether a deleted range holds `key`.
+    fn covers(&self, key: &[u8]) -> bool {
+        self.ranges
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .is_some_and(|(_, end)| key < end.as_ref())
+    }
+
+    /// Whether a deleted range holds one of `puts`; looks up the smaller side in the larger.
+    fn covers_any(&self, puts: &Puts<'_>) -> bool {
+        if puts.len() <= self.len() {
+            return puts.iter().any(|k| self.covers(k));
+        }
+        self.ranges.iter().any(|(&b, e)| {
+            puts.range::<[u8], _>((Bound::Included(b), Bound::Excluded(e.as_ref())))
+                .next()
+                .is_some()
+        })
+    }
+
+    /// Adds every range of `other`, inserting the smaller set into the larger.
+    fn union(&mut self, mut other: Deletes<'a>) {
+        if self.len() < other.len() {
+            std::mem::swap(self, &mut other);
+        }
+        for (b, e) in other.ranges {
+            self.insert(b, e);
         }
     }
 }
 
-fn deletes_contain(dels: &[Deleted], key: &[u8]) -> bool {
-    dels.iter().any(|d| d.contains(key))
+/// Whether two key sets share a key; looks up the smaller in the larger.
+fn intersects(a: &Puts<'_>, b: &Puts<'_>) -> bool {
+    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    small.iter().any(|k| large.contains(k))
 }
 
-/// `checkIntervals` for one list of ops: returns the keys put and the intervals deleted in
-/// it (nested txns included) so the caller can check them against its own level.
+/// Adds `other` to `into`, inserting the smaller set into the larger.
+fn union_puts<'a>(into: &mut Puts<'a>, mut other: Puts<'a>) {
+    if into.len() < other.len() {
+        std::mem::swap(into, &mut other);
+    }
+    into.extend(other);
+}
+
+/// `checkIntervals` for one list of ops: returns the keys put and the keys deleted in it
+/// (nested txns included) so the caller can check them against its own level.
 ///
 /// Order matters and is etcd's: this level's deletes are collected first; then each nested
 /// txn's puts are checked against those and against the deletes of *earlier* nested txns
 /// (a nested txn's `failure` puts are not checked against its own `success` deletes, and a
 /// key put in a nested `success` may be put again in the same nested `failure`); finally this
 /// level's puts are checked against every put and delete collected so far.
-fn intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<Deleted>), ServerError> {
-    let mut dels: Vec<Deleted> = ops
-        .iter()
-        .filter_map(|op| match &op.request {
-            Some(Request::RequestDeleteRange(d)) => Some(Deleted {
-                begin: d.key.clone(),
-                end: (!d.range_end.is_empty()).then(|| d.range_end.clone()),
-            }),
-            _ => None,
-        })
-        .collect();
+///
+/// O(n log² n) in the number of ops: sets are merged smaller-into-larger and each overlap
+/// check looks up the smaller side in the larger (etcd walks an interval tree instead).
+fn intervals(ops: &[RequestOp]) -> Result<(Puts<'_>, Deletes<'_>), ServerError> {
+    let mut dels = Deletes::default();
+    for op in ops {
+        if let Some(Request::RequestDeleteRange(d)) = &op.request {
+            let end = if d.range_end.is_empty() {
+                let mut point = d.key.clone();
+                point.push(0);
+                Cow::Owned(point)
+            } else {
+                Cow::Borrowed(d.range_end.as_slice())
+            };
+            dels.insert(&d.key, end);
+        }
+    }
 
-    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    let mut puts = Puts::new();
     for op in ops {
         let Some(Request::RequestTxn(nested)) = &op.request else {
             continue;
         };
         let (puts_then, dels_then) = intervals(&nested.success)?;
         let (puts_else, dels_else) = intervals(&nested.failure)?;
-        for key in &puts_then {
-            if puts.contains(key) || deletes_contain(&dels, key) {
-                return Err(ServerError::DuplicateKey);
-            }
-            puts.insert(key.clone());
+        // The same key in the nested txn's success and failure is fine: only one runs.
+        if intersects(&puts, &puts_then)
+            || intersects(&puts, &puts_else)
+            || dels.covers_any(&puts_then)
+            || dels.covers_any(&puts_else)
+        {
+            return Err(ServerError::DuplicateKey);
         }
-        for key in &puts_else {
-            // The same key in the nested txn's success and failure is fine: only one runs.
-            if puts.contains(key) && !puts_then.contains(key) {
-                return Err(ServerError::DuplicateKey);
-            }
-            if deletes_contain(&dels, key) {
-                return Err(ServerError::DuplicateKey);
-            }
-            puts.insert(key.clone());
-        }
-        dels.extend(dels_then);
-        dels.extend(dels_else);
+        union_puts(&mut puts, puts_then);
+        union_puts(&mut puts, puts_else);
+        dels.union(dels_then);
+        dels.union(dels_else);
     }
 
     for op in ops {
         let Some(Request::RequestPut(p)) = &op.request else {
             continue;
         };
-        if puts.contains(&p.key) || deletes_contain(&dels, &p.key) {
+        if !puts.insert(&p.key) || dels.covers(&p.key) {
             return Err(ServerError::DuplicateKey);
         }
-        puts.insert(p.key.clone());
     }
     Ok((puts, dels))
 }
@@ -219,6 +297,24 @@ pub fn request_size<M: Message>(req: &M, max_request_bytes: usize) -> Result<(),
     let body = req.encoded_len();
     if body + raft_envelope_len(body) > max_request_bytes {
         return Err(ServerError::RequestTooLarge);
+    }
+    Ok(())
+}
+
+/// `--max-response-bytes`: a response larger than the limit is refused as gRPC-go refuses a
+/// message over the server's send limit (etcd's is `math.MaxInt32`).
+pub fn response_size<M: Message>(resp: &M, max_response_bytes: usize) -> Result<(), ServerError> {
+    let size = resp.encoded_len();
+    if size > max_response_bytes {
+        tracing::debug!(
+            size,
+            limit = max_response_bytes,
+            "response refused: larger than --max-response-bytes"
+        );
+        return Err(ServerError::ResponseTooLarge {
+            size,
+            limit: max_response_bytes,
+        });
     }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! `WatchResponse` (or several, when a `fragment=true` watcher's response is too large), after
 //! the notices already queued are merged per watcher (`merge.rs`). The
 //! periodic progress ticker (`--watch-progress-notify-interval`, up to +10 % jitter per stream)
-//! lives here. A client half-close does not end the stream: events keep flowing until the
+//! lives here, as do the watcher limits (`--max-watchers-per-stream`, `--max-watchers`: a create
+//! beyond them is refused with `etcdserver: too many requests`). A client half-close does not end the stream: events keep flowing until the
 //! client cancels the RPC. Logs carry ids and counts, never keys or values.
 
 use std::pin::Pin;
@@ -231,7 +232,11 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = request.into_inner();
-        let (stream, rx) = self.hub.open_stream(STREAM_BUFFER);
+        let (mut stream, rx) = self.hub.open_stream(STREAM_BUFFER);
+        stream.set_limits(
+            self.shared.config.max_watchers_per_stream,
+            self.shared.config.max_watchers,
+        );
         let interval = self
             .shared
             .config

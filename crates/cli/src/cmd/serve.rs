@@ -84,6 +84,32 @@ pub struct Args {
     /// Most operations in one txn list (compares, success or failure).
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = coffer_server::config::DEFAULT_MAX_TXN_OPS)]
     pub max_txn_ops: usize,
+    /// Most concurrent HTTP/2 streams (RPCs) per client connection (etcd's flag and default,
+    /// 2^32-1).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = coffer_server::config::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// Largest response sent, in bytes; a Range or Txn whose response would be larger is
+    /// refused with RESOURCE_EXHAUSTED. Coffer's own flag: etcd has no flag, its gRPC send
+    /// limit is fixed at this default (2^31-1).
+    #[arg(long, default_value_t = coffer_server::config::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+    /// Most watchers on one Watch stream; a create beyond it is refused ("etcdserver: too
+    /// many requests"). Coffer's own flag: etcd has no such limit.
+    #[arg(long, default_value_t = coffer_server::config::DEFAULT_MAX_WATCHERS_PER_STREAM)]
+    pub max_watchers_per_stream: usize,
+    /// Most watchers over all streams; a create beyond it is refused ("etcdserver: too many
+    /// requests"). Coffer's own flag: etcd has no such limit.
+    #[arg(long, default_value_t = coffer_server::config::DEFAULT_MAX_WATCHERS)]
+    pub max_watchers: usize,
+    /// Most Maintenance.Snapshot calls at once (each holds a full copy of the database on the
+    /// data directory's disk until sent); more are refused ("etcdserver: too many requests").
+    /// Coffer's own flag: etcd has no such limit.
+    #[arg(long, default_value_t = coffer_server::config::DEFAULT_MAX_CONCURRENT_SNAPSHOTS)]
+    pub max_concurrent_snapshots: usize,
+    /// Most leases the store holds; a LeaseGrant beyond it is refused until leases are
+    /// revoked or expire. Coffer's own flag: etcd has no such limit.
+    #[arg(long, default_value_t = coffer_store::DEFAULT_MAX_LEASES)]
+    pub max_leases: usize,
     /// Backend quota in bytes: 0 = 2 GiB (etcd's default), negative = none.
     #[arg(
         long,
@@ -159,6 +185,12 @@ pub(crate) struct Plan {
     advertise: Vec<String>,
     max_request_bytes: usize,
     max_txn_ops: usize,
+    max_concurrent_streams: u32,
+    max_response_bytes: usize,
+    max_watchers_per_stream: usize,
+    max_watchers: usize,
+    max_concurrent_snapshots: usize,
+    max_leases: usize,
     quota_backend_bytes: i64,
     watch_progress_notify_interval: std::time::Duration,
     config: Option<PathBuf>,
@@ -221,6 +253,21 @@ impl Plan {
         if args.max_txn_ops == 0 {
             bail!("--max-txn-ops must be positive");
         }
+        for (flag, value) in [
+            (
+                "--max-concurrent-streams",
+                args.max_concurrent_streams as usize,
+            ),
+            ("--max-response-bytes", args.max_response_bytes),
+            ("--max-watchers-per-stream", args.max_watchers_per_stream),
+            ("--max-watchers", args.max_watchers),
+            ("--max-concurrent-snapshots", args.max_concurrent_snapshots),
+            ("--max-leases", args.max_leases),
+        ] {
+            if value == 0 {
+                bail!("{flag} must be positive");
+            }
+        }
         if args.etcd_prefix.is_empty() || !args.etcd_prefix.starts_with('/') {
             bail!(
                 "--etcd-prefix {:?}: expected an absolute key prefix such as /registry",
@@ -235,6 +282,12 @@ impl Plan {
             advertise,
             max_request_bytes: args.max_request_bytes,
             max_txn_ops: args.max_txn_ops,
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_response_bytes: args.max_response_bytes,
+            max_watchers_per_stream: args.max_watchers_per_stream,
+            max_watchers: args.max_watchers,
+            max_concurrent_snapshots: args.max_concurrent_snapshots,
+            max_leases: args.max_leases,
             quota_backend_bytes: args.quota_backend_bytes,
             watch_progress_notify_interval: args.watch_progress_notify_interval,
             config: args.encryption_provider_config.clone(),
@@ -508,12 +561,14 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
 
     let data_dir = plan.data_dir.clone();
     let quota = plan.quota_backend_bytes;
+    let max_leases = plan.max_leases;
     let store = tokio::task::spawn_blocking(move || {
         EmbeddedStore::open(
             &data_dir,
             Arc::new(keyspace),
             StoreOptions {
                 quota_backend_bytes: quota,
+                max_leases,
                 ..StoreOptions::default()
             },
         )
@@ -534,6 +589,11 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.advertise_client_urls = plan.advertise.clone();
     config.max_request_bytes = plan.max_request_bytes;
     config.max_txn_ops = plan.max_txn_ops;
+    config.max_concurrent_streams = plan.max_concurrent_streams;
+    config.max_response_bytes = plan.max_response_bytes;
+    config.max_watchers_per_stream = plan.max_watchers_per_stream;
+    config.max_watchers = plan.max_watchers;
+    config.max_concurrent_snapshots = plan.max_concurrent_snapshots;
     config.watch_progress_notify_interval = plan.watch_progress_notify_interval;
 
     let listeners = match coffer_server::bind(&config).await {
@@ -620,6 +680,11 @@ mod tests {
         assert_eq!(args.listen_client_urls, vec!["http://127.0.0.1:2379"]);
         assert_eq!(args.max_request_bytes, 1_572_864);
         assert_eq!(args.max_txn_ops, 128);
+        assert_eq!(args.max_concurrent_streams, u32::MAX);
+        assert_eq!(args.max_response_bytes, 2_147_483_647);
+        assert_eq!(args.max_watchers_per_stream, 10_000);
+        assert_eq!(args.max_watchers, 100_000);
+        assert_eq!(args.max_concurrent_snapshots, 1);
         assert_eq!(args.quota_backend_bytes, 0);
         assert_eq!(args.etcd_prefix, "/registry");
         let plan = Plan::resolve(&args).unwrap();

@@ -128,9 +128,14 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::ResourceExhausted,
             "coffer: too many leases; revoke unused leases or raise --max-leases",
         ),
+        ServerError::ResponseTooLarge { .. } => (
+            32,
+            Code::ResourceExhausted,
+            "grpc: trying to send message larger than max (2147483648 vs. 2147483647)",
+        ),
     }
 }
-const VARIANTS: usize = 32;
+const VARIANTS: usize = 33;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -166,6 +171,10 @@ fn all() -> Vec<ServerError> {
         ServerError::WritesStopped,
         ServerError::Corrupt,
         ServerError::TooManyLeases,
+        ServerError::ResponseTooLarge {
+            size: 2147483648,
+            limit: 2147483647,
+        },
     ]
 }
 

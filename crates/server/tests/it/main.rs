@@ -21,6 +21,8 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
+mod limits;
+
 struct Running {
     endpoint: String,
     cluster_id: u64,
@@ -36,6 +38,17 @@ async fn start(max_request_bytes: usize) -> Running {
 }
 
 async fn start_with_quota(max_request_bytes: usize, quota_backend_bytes: i64) -> Running {
+    start_configured(quota_backend_bytes, |c| {
+        c.max_request_bytes = max_request_bytes
+    })
+    .await
+}
+
+/// A server on the default limits (but `--max-txn-ops 4`), changed by `configure`.
+async fn start_configured(
+    quota_backend_bytes: i64,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let rng: Arc<dyn RandomSource> = Arc::new(SystemRandom::new().unwrap());
     let key = DefaultKey::from_secret(SecretBytes::new(vec![7u8; 32])).unwrap();
@@ -56,8 +69,8 @@ async fn start_with_quota(max_request_bytes: usize, quota_backend_bytes: i64) ->
     config.name = "it".into();
     config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
     config.advertise_client_urls = vec!["http://127.0.0.1:9".into()];
-    config.max_request_bytes = max_request_bytes;
     config.max_txn_ops = 4;
+    configure(&mut config);
     let listeners = coffer_server::bind(&config).await.unwrap();
     let addr = listeners.local_addrs()[0];
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -443,3 +443,55 @@ async fn ids_ranges_and_progress_rules() {
     drop(ws);
     assert_eq!(hub.watcher_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_limits_refuse_creates_per_stream_and_in_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    let hub = Arc::clone(s.hub());
+    let (mut a, mut rx_a) = hub.open_stream(64);
+    let (mut b, mut rx_b) = hub.open_stream(64);
+    a.set_limits(2, 3);
+    b.set_limits(10, 3);
+    assert_eq!(a.create(prefix("a", 0), 0).await, Some(0));
+    assert_eq!(a.create(prefix("a", 0), 0).await, Some(1));
+    // Third on stream a: over its per-stream limit.
+    assert_eq!(a.create(prefix("a", 0), 0).await, None);
+    assert_eq!(b.create(prefix("a", 0), 0).await, Some(0));
+    // Fourth in the hub: over the total limit, on a stream with room.
+    assert_eq!(b.create(prefix("a", 0), 7).await, None);
+    assert_eq!(hub.watcher_count(), 3);
+    for _ in 0..2 {
+        assert!(matches!(recv(&mut rx_a).await, Notice::Created { .. }));
+    }
+    assert_eq!(
+        recv(&mut rx_a).await,
+        Notice::Refused {
+            reason: REASON_TOO_MANY_WATCHERS.into(),
+            revision: 1
+        }
+    );
+    assert!(matches!(
+        recv(&mut rx_b).await,
+        Notice::Created { watch_id: 0, .. }
+    ));
+    assert!(
+        matches!(recv(&mut rx_b).await, Notice::Refused { reason, .. } if reason == REASON_TOO_MANY_WATCHERS)
+    );
+    // A cancel frees a place; a refused create took no auto id.
+    a.cancel(0).await;
+    assert!(matches!(
+        recv(&mut rx_a).await,
+        Notice::Canceled { watch_id: 0, .. }
+    ));
+    assert_eq!(b.create(prefix("a", 0), 0).await, Some(1));
+    assert_eq!(a.create(prefix("a", 0), 0).await, None);
+    // The remaining watchers still get events.
+    put(&s, "a", "1").await;
+    assert!(matches!(
+        recv(&mut rx_b).await,
+        Notice::Created { watch_id: 1, .. }
+    ));
+    let got = events(&mut rx_b, 2).await;
+    assert_eq!(got.len(), 2);
+}
