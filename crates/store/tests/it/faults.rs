@@ -237,6 +237,15 @@ async fn a_missing_log_refuses_to_start() {
     }
 }
 
+async fn try_put(s: &EmbeddedStore, k: &str, v: &str) -> Result<coffer_proto::PutResponse, Error> {
+    s.put(PutRequest {
+        key: k.as_bytes().to_vec(),
+        value: v.as_bytes().to_vec(),
+        ..Default::default()
+    })
+    .await
+}
+
 fn faulty(dir: &Path) -> (EmbeddedStore, Arc<EngineFaults>) {
     let faults = Arc::new(EngineFaults::default());
     let s = open_with(
@@ -260,23 +269,11 @@ async fn a_write_whose_engine_commit_failed_is_unknown_and_comes_back() {
     let (s, faults) = faulty(dir.path());
     put(&s, "k", "v1").await;
     faults.fail_engine_commit.store(true, Ordering::SeqCst);
-    let r = s
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v2".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = try_put(&s, "k", "v2").await;
     assert!(matches!(r, Err(Error::OutcomeUnknown(_))), "{r:?}");
     faults.fail_engine_commit.store(false, Ordering::SeqCst);
     // Writes stay refused; reads still answer what was acknowledged.
-    let r = s
-        .put(PutRequest {
-            key: b"other".to_vec(),
-            value: b"x".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = try_put(&s, "other", "x").await;
     assert!(matches!(r, Err(Error::WritesStopped(_))), "{r:?}");
     assert!(matches!(
         s.lease_grant(LeaseGrantRequest { ttl: 10, id: 0 }).await,
@@ -304,13 +301,7 @@ async fn a_failed_engine_sync_stops_writes() {
     let r = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 7 }).await;
     assert!(matches!(r, Err(Error::OutcomeUnknown(_))), "{r:?}");
     faults.fail_engine_sync.store(false, Ordering::SeqCst);
-    let r = s
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v2".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = try_put(&s, "k", "v2").await;
     assert!(matches!(r, Err(Error::WritesStopped(_))), "{r:?}");
     s.close();
     drop(s);
@@ -325,13 +316,7 @@ async fn a_failed_log_append_is_unknown() {
     let dir = tempfile::tempdir().unwrap();
     let (s, faults) = faulty(dir.path());
     faults.fail_log_append.store(true, Ordering::SeqCst);
-    let r = s
-        .put(PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            ..Default::default()
-        })
-        .await;
+    let r = try_put(&s, "k", "v").await;
     assert!(matches!(r, Err(Error::OutcomeUnknown(_))), "{r:?}");
 }
 
