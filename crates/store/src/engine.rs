@@ -180,7 +180,8 @@ pub(crate) enum CommitError {
     Unknown(String),
 }
 
-fn engine_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
+/// Maps an engine error to [`Error::Engine`], saying what was being done.
+pub(crate) fn engine_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
     move |e| Error::Engine(format!("{what}: {e}"))
 }
 

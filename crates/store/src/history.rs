@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::engine::RECORDS;
+use crate::engine::{engine_err, RECORDS};
 use crate::events::{self, CommittedRevision};
 use crate::record::{Record, Rev};
 use crate::state::{load_value, Shared, Want};
@@ -24,10 +24,6 @@ struct Found {
     put: Option<(i64, i64, i64, Vec<u8>)>,
     /// The key's version visible at `rev.main - 1` (the event's prev_kv), if any.
     prev: Option<crate::index::Entry>,
-}
-
-fn engine_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
-    move |e| Error::Engine(format!("{what}: {e}"))
 }
 
 impl History for EmbeddedHistory {

@@ -17,8 +17,9 @@
 //! # Ok(()) }
 //! ```
 
-// The house, bottom up: records and the log, the engine that owns them, the shared state,
-// the pure planning step, the writer thread, and the store that puts them together.
+// The house (docs/storage.md), bottom up: record/lease/wal layouts, `engine` (redb and the
+// log), `state` (what readers and the writer share), `txn` and `plan` (the pure step), `watch`
+// and `history`, `writer` (the thread), `snapshot` and `embedded` (the store).
 pub mod alarm;
 pub mod backend;
 pub mod disk;

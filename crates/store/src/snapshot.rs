@@ -42,7 +42,7 @@ use prost::Message;
 use redb::ReadableTable;
 use sha2::{Digest, Sha256};
 
-use crate::engine::{self, Batch, Engine, EngineOptions, Op, RECORDS};
+use crate::engine::{self, engine_err, Batch, Engine, EngineOptions, Op, RECORDS};
 use crate::lease;
 use crate::record::{Record, Rev};
 use crate::sealer::Sealer;
@@ -239,10 +239,6 @@ fn etcd_rev_bytes(main: i64) -> Vec<u8> {
 
 /// Record bytes per durable commit of a restore.
 const RESTORE_BATCH_BYTES: usize = 32 << 20;
-
-fn engine_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> Error {
-    move |e| Error::Engine(format!("{what}: {e}"))
-}
 
 fn bbolt_err(e: coffer_bbolt::Error) -> Error {
     Error::Engine(format!("write the snapshot: {e}"))
