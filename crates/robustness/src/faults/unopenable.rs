@@ -138,6 +138,16 @@ impl Injector {
         ))
     }
 
+    /// Holds the KV clients and lets their requests in flight finish before a config switch.
+    /// A write cut by the restart would be uncertain, and one sealed under the key about to be
+    /// removed could never be read back to settle it: its place in the history would be a
+    /// guess the watch check cannot hold the server to. (Crashes under traffic are the `kill`
+    /// fault's job.)
+    async fn quiesce(&self) {
+        self.shared.set_up(false);
+        tokio::time::sleep(self.timeout + Duration::from_millis(250)).await;
+    }
+
     /// Alternates: restart without key `a` (and probe every key), or with both keys again.
     pub(super) async fn unopenable(&mut self) -> Result<(), Error> {
         let since = blocking(&self.server, |s| s.sealing.as_ref().map(|x| x.since)).await?;
@@ -149,7 +159,7 @@ impl Injector {
         if since.is_some() {
             return self.unopenable_end().await;
         }
-        self.shared.set_up(false);
+        self.quiesce().await;
         blocking(&self.server, |s| s.restart_sealed(true)).await??;
         let from = self.current_revision().await?;
         blocking(&self.server, move |s| {
@@ -205,7 +215,7 @@ impl Injector {
         let Some(from) = since else {
             return Ok(());
         };
-        self.shared.set_up(false);
+        self.quiesce().await;
         blocking(&self.server, |s| s.restart_sealed(false)).await??;
         let to = self.current_revision().await?;
         blocking(&self.server, |s| {
