@@ -420,6 +420,11 @@ impl Engine {
     /// `checkpoint` is asked or the log is due for one or cannot take the batch, into redb
     /// durably, restarting the log.
     pub(crate) fn commit(&self, batch: &Batch, checkpoint: bool) -> Result<(), CommitError> {
+        if let Some(f) = &self.faults {
+            let purges = batch.ops.iter().any(|op| matches!(op, Op::DelRecord(_)));
+            f.before_commit(purges)
+                .map_err(|e| CommitError::NotWritten(Error::Engine(e)))?;
+        }
         let mut log = self.lock_log();
         let log = &mut *log;
         batch.encode(&mut log.buf);

@@ -502,8 +502,9 @@ impl Writer {
                 for (w, _) in physical_waiters {
                     drop(w.send(Err(err())));
                 }
-                if idle && matches!(e, Error::DiskFull { .. }) {
-                    // Only compaction work was due: wait for space instead of spinning.
+                if idle {
+                    // Only compaction work was due: wait (for space, for the engine) instead of
+                    // spinning; the work stays queued.
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 return;

@@ -21,12 +21,22 @@ pub struct EngineFaults {
     pub fail_log_append: AtomicBool,
     /// The engine commit fails after the log append was made durable.
     pub fail_engine_commit: AtomicBool,
+    /// Commits that remove records (physical compaction) are refused before anything is
+    /// written, as a refusing engine would.
+    pub refuse_purges: AtomicBool,
 }
 
 impl EngineFaults {
     pub(crate) fn before_log_append(&self) -> Result<(), String> {
         if self.fail_log_append.load(Ordering::SeqCst) {
             return Err("injected fault: the log append failed".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn before_commit(&self, purges: bool) -> Result<(), String> {
+        if purges && self.refuse_purges.load(Ordering::SeqCst) {
+            return Err("injected fault: the engine refused the commit".into());
         }
         Ok(())
     }

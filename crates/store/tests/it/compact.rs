@@ -170,3 +170,40 @@ async fn physical_compaction_removes_superseded_records_from_the_engine_file() {
     }
     assert_eq!(engine_record_revisions(d.path()), vec![48, 49, 50, 51, 53]);
 }
+
+/// Records a refused purge commit was to remove stay queued, and are removed once the engine
+/// accepts commits again: a failed group never drops compaction work (it used to be skipped
+/// for ever, leaving the records in the file and marking the compaction finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_purge_keeps_its_records_queued() {
+    use std::sync::atomic::Ordering;
+    let d = tempfile::tempdir().unwrap();
+    {
+        let faults = std::sync::Arc::new(coffer_store::EngineFaults::default());
+        let s = std::sync::Arc::new(open_with(
+            d.path(),
+            coffer_store::StoreOptions {
+                compaction_batch_limit: 1,
+                engine: coffer_store::EngineOptions {
+                    faults: Some(std::sync::Arc::clone(&faults)),
+                },
+                ..coffer_store::StoreOptions::default()
+            },
+        ));
+        for i in 0..10 {
+            put(&*s, "k", &format!("v{i}")).await; // 2..=11
+        }
+        faults.refuse_purges.store(true, Ordering::SeqCst);
+        let waiting = {
+            let s = std::sync::Arc::clone(&s);
+            tokio::spawn(async move { s.compact(compact(11, true)).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(!waiting.is_finished(), "purged while commits were refused");
+        faults.refuse_purges.store(false, Ordering::SeqCst);
+        waiting.await.unwrap().unwrap();
+        s.close();
+    }
+    // Revision 10 is what revision 11 replaced: kept until the next compaction (etcd #19179).
+    assert_eq!(engine_record_revisions(d.path()), vec![10, 11]);
+}
