@@ -342,7 +342,7 @@ impl Engine {
 
         // An upgrade removed format 1's log; a new one starts after its checkpoint.
         let new_log = fresh || format == Some(1);
-        let (wal, payloads) = Wal::open(dir, meta.wal_checkpoint_seq, new_log)?;
+        let (wal, payloads) = Wal::open_beside(dir, meta.wal_checkpoint_seq, new_log, &path)?;
         let mut meta = meta;
         let mut batches = Vec::with_capacity(payloads.len());
         for (i, p) in payloads.iter().enumerate() {

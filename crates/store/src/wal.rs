@@ -65,10 +65,21 @@ impl Wal {
     /// Opens the log in `dir` and returns the payloads after `checkpoint_seq`, in order, for
     /// replay. `fresh`: the engine was just created, so a missing log is created (and
     /// preallocated); otherwise a missing or truncated log is refused.
+    #[cfg(test)]
     pub(crate) fn open(
         dir: &Path,
         checkpoint_seq: u64,
         fresh: bool,
+    ) -> Result<(Wal, Vec<Vec<u8>>), Error> {
+        Self::open_beside(dir, checkpoint_seq, fresh, Path::new("the engine file"))
+    }
+
+    /// [`Wal::open`], naming `engine_file` (whose checkpoint `checkpoint_seq` is) in errors.
+    pub(crate) fn open_beside(
+        dir: &Path,
+        checkpoint_seq: u64,
+        fresh: bool,
+        engine_file: &Path,
     ) -> Result<(Wal, Vec<Vec<u8>>), Error> {
         let path = dir.join(WAL_FILE);
         let existed = path.exists();
@@ -109,7 +120,14 @@ impl Wal {
                 .map_err(io_err("cannot read the log", &path))?;
             let scan = scan(&bytes, checkpoint_seq).map_err(|(at, what)| {
                 if at == 0 {
-                    Error::Corrupt(format!("{}: {what}", path.display()))
+                    Error::Corrupt(format!(
+                        "{}: {what}. Either log entries are missing or {} went back to an \
+                         older commit (its own repair falls back to an earlier commit when the \
+                         latest is damaged); the writes in between are in neither file. \
+                         Restore the data directory from a backup or a snapshot",
+                        path.display(),
+                        engine_file.display()
+                    ))
                 } else {
                     damaged(&path, at, what)
                 }
@@ -248,7 +266,7 @@ fn scan(
                     format!(
                         "the write-ahead log starts at entry {seq} but the engine's last \
                          checkpoint is entry {checkpoint_seq}: entries {} to {} are missing; \
-                         refusing to start rather than lose acknowledged writes",
+                         refusing to start rather than serve less than was acknowledged",
                         checkpoint_seq + 1,
                         seq - 1
                     ),

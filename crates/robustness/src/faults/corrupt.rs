@@ -2,7 +2,7 @@
 //! directory is flipped (Coffer: `coffer.redb` and `coffer.wal` in turn; etcd: any file), then
 //! the server restarts. Two outcomes are acceptable:
 //! - **refused**: the server exits non-zero and its output names the damaged file; the fault
-//!   then restores the byte and restarts;
+//!   then restores the files as the crash left them (a restore from backup) and restarts;
 //! - **served**: the server starts with the damage left in place and the run goes on; the
 //!   checker then judges every answer (a read that fails is a failed read; a wrong value is a
 //!   violation). A flip in bytes the server does not use (free pages, the log past its live
@@ -54,6 +54,24 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The content of every file under `dir` as the crash left it, to put back after a refusal (an
+/// operator's restore from backup: a server that refused may already have written to its
+/// files, e.g. an engine's own repair, so flipping the byte back is not enough).
+fn backup(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    files(dir)
+        .into_iter()
+        .map(|p| fs::read(&p).map(|b| (p, b)))
+        .collect()
+}
+
+fn restore(saved: &[(PathBuf, Vec<u8>)]) -> std::io::Result<()> {
+    for (p, bytes) in saved {
+        fs::write(p, bytes)?;
+        OpenOptions::new().write(true).open(p)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn xor_byte(path: &Path, offset: u64, mask: u8) -> std::io::Result<()> {
     let f = OpenOptions::new().read(true).write(true).open(path)?;
     let mut b = [0u8; 1];
@@ -64,7 +82,8 @@ fn xor_byte(path: &Path, offset: u64, mask: u8) -> std::io::Result<()> {
 }
 
 impl Injector {
-    /// SIGKILL, flip a byte, restart; restore the byte if the server refuses to start.
+    /// SIGKILL, flip a byte, restart; restore the files as they were before the flip if the
+    /// server refuses to start.
     pub(super) async fn corrupt(&mut self) -> Result<(), Error> {
         tokio::time::sleep(Duration::from_millis(self.rng.below(25))).await;
         self.shared.set_up(false);
@@ -107,6 +126,7 @@ impl Injector {
             self.rng.below(len)
         };
         let mask = 1 + self.rng.below(255) as u8;
+        let saved = backup(&data).map_err(|e| io("back up the data directory of", e))?;
         xor_byte(&path, offset, mask).map_err(|e| io("flip a byte of", e))?;
         let name = path
             .strip_prefix(&data)
@@ -149,7 +169,7 @@ impl Injector {
                         ),
                     );
                 }
-                xor_byte(&path, offset, mask).map_err(|e| io("restore a byte of", e))?;
+                restore(&saved).map_err(|e| io("restore the data directory of", e))?;
                 "refused"
             }
         };
