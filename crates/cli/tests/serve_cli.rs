@@ -386,3 +386,104 @@ fn aesgcm_write_counts_survive_restarts_and_show_in_config_check() {
     run(2);
     assert_eq!(writes(), 7, "counts carried over the restart");
 }
+
+/// A data directory of storage format 1 (no checksums; made by an earlier Coffer and killed
+/// with its log holding entries after the last checkpoint) is upgraded in place at start:
+/// every acknowledged write, the lease, the compaction and the revision are there, and it
+/// opens again afterwards.
+#[test]
+fn a_format_1_data_directory_is_upgraded_in_place() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format1");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for f in ["coffer.redb", "coffer.wal", "default-key.fingerprint"] {
+        std::fs::copy(fixture.join(f), data.join(f)).unwrap();
+    }
+    let key = dir.path().join("default.key");
+    std::fs::copy(fixture.join("default.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let data_arg = data.to_str().unwrap().to_owned();
+    let key_arg = key.to_str().unwrap().to_owned();
+    for round in 0..2 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut s = Serve::start(
+            &[
+                "--data-dir",
+                &data_arg,
+                "--default-key-file",
+                &key_arg,
+                "--listen-client-urls",
+                &url,
+            ],
+            &[],
+        );
+        assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+        if round == 0 {
+            assert!(
+                s.log().contains("upgraded the store to storage format 2"),
+                "{}",
+                s.log()
+            );
+        }
+        let etcdctl = |args: &[&str]| {
+            let out = Command::new("etcdctl")
+                .args(["--endpoints", &url])
+                .args(args)
+                .env("ETCDCTL_API", "3")
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        };
+        let (ok, out) = etcdctl(&["get", "--prefix", "/registry/", "-w", "json"]);
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let kvs: Vec<(String, String)> = v["kvs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                let d = |f: &str| {
+                    use base64::Engine as _;
+                    String::from_utf8(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(kv[f].as_str().unwrap())
+                            .unwrap(),
+                    )
+                    .unwrap()
+                };
+                (d("key"), d("value"))
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("/registry/events/e1", "ev"),
+            ("/registry/secrets/s1", "v1b"),
+            ("/registry/secrets/s2", "v2"),
+            ("/registry/secrets/s3", "v3"),
+            ("/registry/secrets/s4", "v4"),
+            ("/registry/secrets/s6", "v6"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(kvs, want);
+        assert_eq!(v["header"]["revision"].as_i64(), Some(10), "{v}");
+        let (ok, out) = etcdctl(&["get", "/registry/secrets/s1", "--rev", "2"]);
+        assert!(!ok && out.contains("compacted"), "{out}");
+        let (ok, out) = etcdctl(&["lease", "list"]);
+        assert!(ok && out.contains("545e69d7a245"), "{out}");
+        let (status, _) = s.terminate();
+        assert!(status.success(), "{}", s.log());
+    }
+}
