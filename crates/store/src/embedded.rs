@@ -406,8 +406,8 @@ fn expiry_loop(shared: &Shared, tx: &SyncSender<Command>, stop: &mpsc::Receiver<
             }
             match rx.blocking_recv() {
                 Ok(Ok(_)) => tracing::debug!(lease = id, "lease expired and revoked"),
-                // Revoked by a client meanwhile.
-                Ok(Err(Error::LeaseNotFound)) => {}
+                // Revoked by a client meanwhile; or writes are stopped (said once, at the stop).
+                Ok(Err(Error::LeaseNotFound | Error::WritesStopped(_))) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(lease = id, error = %e, "revoking an expired lease failed")
                 }
