@@ -26,6 +26,7 @@ pub mod faults;
 pub mod history;
 pub mod linearizability;
 pub mod run;
+pub mod settle;
 pub mod traffic;
 pub mod watch_check;
 
