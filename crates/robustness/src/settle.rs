@@ -14,8 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::history::{EventKind, History, Outcome, Request, Response, TxnOp, TxnOpResult};
 
-/// The events watchers saw at one revision: `(kind, key, value)` (value empty for deletes).
-type Seen = BTreeSet<(u8, String, String)>;
+/// One change: `(kind, key, value)` (kind 0 put, 1 delete; value empty for deletes).
+type Change = (u8, String, String);
+/// The changes watchers saw at one revision.
+type Seen = BTreeSet<Change>;
 
 fn kind_code(k: EventKind) -> u8 {
     match k {
@@ -26,7 +28,7 @@ fn kind_code(k: EventKind) -> u8 {
 
 /// What an uncertain write would have written if it took effect (its success branch for a
 /// txn), or `None` when that is not fully known (txn gets, lease revokes).
-fn effects(req: &Request) -> Option<Vec<(u8, String, String)>> {
+fn effects(req: &Request) -> Option<Vec<Change>> {
     match req {
         Request::Put { key, value, .. } => Some(vec![(0, key.clone(), value.clone())]),
         Request::Delete { key } => Some(vec![(1, key.clone(), String::new())]),
@@ -132,7 +134,7 @@ pub fn settle(h: &History) -> History {
         }
     };
 
-    let uncertain: Vec<(usize, Vec<(u8, String, String)>, i64)> = h
+    let uncertain: Vec<(usize, Vec<Change>, i64)> = h
         .operations
         .iter()
         .enumerate()
