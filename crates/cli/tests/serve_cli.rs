@@ -113,6 +113,35 @@ impl Drop for Serve {
     }
 }
 
+/// `coffer serve` with `args` on a free loopback port, ready; returns it and its URL.
+fn serve_ready(args: &[&str]) -> (Serve, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut all = args.to_vec();
+    all.extend(["--listen-client-urls", &url]);
+    let mut s = Serve::start(&all, &[]);
+    assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+    (s, url)
+}
+
+/// etcdctl (API 3) against `url`: (success, stdout and stderr).
+fn etcdctl(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .args(["--endpoints", url])
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 #[test]
 fn unknown_flag_is_a_usage_error() {
     let out = Command::new(BIN)
@@ -324,37 +353,15 @@ fn aesgcm_write_counts_survive_restarts_and_show_in_config_check() {
     .unwrap();
     let cfg_arg = cfg.to_str().unwrap().to_owned();
     let run = |puts: usize| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut s = Serve::start(
-            &[
-                "--data-dir",
-                &data_arg,
-                "--encryption-provider-config",
-                &cfg_arg,
-                "--listen-client-urls",
-                &url,
-            ],
-            &[],
-        );
-        assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+        let (mut s, url) = serve_ready(&[
+            "--data-dir",
+            &data_arg,
+            "--encryption-provider-config",
+            &cfg_arg,
+        ]);
         for i in 0..puts {
-            let out = Command::new("etcdctl")
-                .args([
-                    "--endpoints",
-                    &url,
-                    "put",
-                    &format!("/registry/secrets/s{i}"),
-                    "v",
-                ])
-                .env("ETCDCTL_API", "3")
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
+            let (ok, out) = etcdctl(&url, &["put", &format!("/registry/secrets/s{i}"), "v"]);
+            assert!(ok, "{out}");
         }
         let (status, _) = s.terminate();
         assert!(status.success(), "{}", s.log());
@@ -408,24 +415,7 @@ fn a_format_1_data_directory_is_upgraded_in_place() {
     let data_arg = data.to_str().unwrap().to_owned();
     let key_arg = key.to_str().unwrap().to_owned();
     for round in 0..2 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
-        let mut s = Serve::start(
-            &[
-                "--data-dir",
-                &data_arg,
-                "--default-key-file",
-                &key_arg,
-                "--listen-client-urls",
-                &url,
-            ],
-            &[],
-        );
-        assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+        let (mut s, url) = serve_ready(&["--data-dir", &data_arg, "--default-key-file", &key_arg]);
         if round == 0 {
             assert!(
                 s.log().contains("upgraded the store to storage format 2"),
@@ -433,20 +423,7 @@ fn a_format_1_data_directory_is_upgraded_in_place() {
                 s.log()
             );
         }
-        let etcdctl = |args: &[&str]| {
-            let out = Command::new("etcdctl")
-                .args(["--endpoints", &url])
-                .args(args)
-                .env("ETCDCTL_API", "3")
-                .output()
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr),
-            )
-        };
-        let (ok, out) = etcdctl(&["get", "--prefix", "/registry/", "-w", "json"]);
+        let (ok, out) = etcdctl(&url, &["get", "--prefix", "/registry/", "-w", "json"]);
         assert!(ok, "{out}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let kvs: Vec<(String, String)> = v["kvs"]
@@ -479,9 +456,9 @@ fn a_format_1_data_directory_is_upgraded_in_place() {
         .collect();
         assert_eq!(kvs, want);
         assert_eq!(v["header"]["revision"].as_i64(), Some(10), "{v}");
-        let (ok, out) = etcdctl(&["get", "/registry/secrets/s1", "--rev", "2"]);
+        let (ok, out) = etcdctl(&url, &["get", "/registry/secrets/s1", "--rev", "2"]);
         assert!(!ok && out.contains("compacted"), "{out}");
-        let (ok, out) = etcdctl(&["lease", "list"]);
+        let (ok, out) = etcdctl(&url, &["lease", "list"]);
         assert!(ok && out.contains("545e69d7a245"), "{out}");
         let (status, _) = s.terminate();
         assert!(status.success(), "{}", s.log());

@@ -427,8 +427,11 @@ impl Engine {
         }
         let mut log = self.lock_log();
         let log = &mut *log;
-        batch.encode(&mut log.buf);
-        let logged = !checkpoint && !log.wal.wants_checkpoint() && log.wal.fits(log.buf.len());
+        // Encoded only for the log: a checkpoint goes to the engine alone.
+        let logged = !checkpoint && !log.wal.wants_checkpoint() && {
+            batch.encode(&mut log.buf);
+            log.wal.fits(log.buf.len())
+        };
         let db = self.read_db();
         let not_written = CommitError::NotWritten;
         let mut wtxn = db
