@@ -22,6 +22,7 @@
 // and `history`, `writer` (the thread), `snapshot` and `embedded` (the store).
 pub mod alarm;
 pub mod backend;
+pub mod caller;
 pub mod disk;
 pub mod embedded;
 pub mod engine;
@@ -43,6 +44,7 @@ pub mod writer;
 
 pub use alarm::AlarmChange;
 pub use backend::{Backend, StoreStatus};
+pub use caller::Caller;
 pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_MAX_LEASES, DEFAULT_QUOTA_BYTES};
 pub use engine::{EngineFaults, EngineOptions};
 pub use error::Error;
