@@ -311,8 +311,10 @@ async fn maintenance_and_cluster() {
         })
         .await
         .unwrap_err(),
-        Code::Unknown,
-        "etcdserver: re-configuration failed due to not enough started members",
+        Code::Unimplemented,
+        "coffer: a single-member server cannot add members; Coffer always runs as one member: \
+         for a standby, copy it with `etcdctl snapshot save` and `coffer snapshot restore`, or \
+         use etcd for a multi-member cluster",
     );
     assert_status(
         c.member_add(MemberAddRequest {
