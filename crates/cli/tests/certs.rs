@@ -63,7 +63,14 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pki");
     let d = dir.to_str().unwrap();
-    let out = coffer(&["certs", "init", "--dir", d, "--hosts", "etcd.example,10.9.8.7"]);
+    let out = coffer(&[
+        "certs",
+        "init",
+        "--dir",
+        d,
+        "--hosts",
+        "etcd.example,10.9.8.7",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let printed = text(&out);
     for flag in [
@@ -90,7 +97,10 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
         assert_eq!(mode(&f(&format!("{base}.key"))), 0o600, "{base}.key");
         assert_eq!(mode(&f(&format!("{base}.crt"))), 0o644, "{base}.crt");
         let key = std::fs::read_to_string(f(&format!("{base}.key"))).unwrap();
-        assert!(!printed.contains(key.lines().nth(1).unwrap()), "a key was printed");
+        assert!(
+            !printed.contains(key.lines().nth(1).unwrap()),
+            "a key was printed"
+        );
     }
     let ca = f("etcd/ca.crt");
     let ca = ca.to_str().unwrap();
@@ -123,7 +133,10 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
     assert!(server.contains("TLS Web Server Authentication, TLS Web Client Authentication"));
     assert!(!server.contains("CA:TRUE"));
     for (p, cn) in [
-        ("etcd/healthcheck-client.crt", "kube-etcd-healthcheck-client"),
+        (
+            "etcd/healthcheck-client.crt",
+            "kube-etcd-healthcheck-client",
+        ),
         ("apiserver-etcd-client.crt", "kube-apiserver-etcd-client"),
     ] {
         let t = show(p);
@@ -134,7 +147,13 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
     // Validity: the CA 10 years, leaves 1 year (openssl's -checkend takes seconds).
     let ends_after = |p: &str, days: u64| {
         Command::new("openssl")
-            .args(["x509", "-noout", "-checkend", &(days * 86_400).to_string(), "-in"])
+            .args([
+                "x509",
+                "-noout",
+                "-checkend",
+                &(days * 86_400).to_string(),
+                "-in",
+            ])
             .arg(f(p))
             .stdout(Stdio::null())
             .status()
@@ -150,7 +169,12 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
     assert_eq!(mode(&f("etcd/client-backup.key")), 0o600);
     let t = show("etcd/client-backup.crt");
     assert!(t.contains("Subject: CN = backup"), "{t}");
-    openssl(&["verify", "-CAfile", ca, f("etcd/client-backup.crt").to_str().unwrap()]);
+    openssl(&[
+        "verify",
+        "-CAfile",
+        ca,
+        f("etcd/client-backup.crt").to_str().unwrap(),
+    ]);
 
     // A real etcd with the server certificate, requiring client certificates.
     let port = free_port();
@@ -162,8 +186,18 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
         Command::new("etcd")
             .args(["--name", "certs", "--data-dir"])
             .arg(&data)
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("certs={peer_url}")])
             .arg("--cert-file")
             .arg(f("etcd/server.crt"))
@@ -180,7 +214,14 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
     let etcdctl = |client: Option<&str>, args: &[&str]| {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", &url, "--dial-timeout", "2s", "--command-timeout", "3s"])
+            .args([
+                "--endpoints",
+                &url,
+                "--dial-timeout",
+                "2s",
+                "--command-timeout",
+                "3s",
+            ])
             .arg("--cacert")
             .arg(f("etcd/ca.crt"));
         if let Some(c) = client {
@@ -198,16 +239,26 @@ fn init_writes_kubeadms_layout_and_etcd_serves_with_it() {
             assert!(text(&o).contains("is healthy"), "{}", text(&o));
             break;
         }
-        assert!(Instant::now() < deadline, "etcd never became healthy: {}", text(&o));
+        assert!(
+            Instant::now() < deadline,
+            "etcd never became healthy: {}",
+            text(&o)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let o = etcdctl(Some("etcd/client-backup"), &["put", "/k", "v"]);
     assert!(o.status.success(), "{}", text(&o));
-    let o = etcdctl(Some("apiserver-etcd-client"), &["get", "/k", "--print-value-only"]);
+    let o = etcdctl(
+        Some("apiserver-etcd-client"),
+        &["get", "/k", "--print-value-only"],
+    );
     assert!(o.status.success() && text(&o).contains('v'), "{}", text(&o));
     // Without a client certificate etcd refuses: the checks above are not vacuous.
     let o = etcdctl(None, &["get", "/k"]);
-    assert!(!o.status.success(), "etcd served a client without a certificate");
+    assert!(
+        !o.status.success(),
+        "etcd served a client without a certificate"
+    );
 }
 
 #[test]
@@ -218,10 +269,16 @@ fn existing_files_are_kept_without_force() {
     let ca = std::fs::read(tmp.path().join("etcd/ca.crt")).unwrap();
     let out = coffer(&["certs", "init", "--dir", d]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("refusing to overwrite"), "{}", text(&out));
+    assert!(
+        text(&out).contains("refusing to overwrite"),
+        "{}",
+        text(&out)
+    );
     assert!(text(&out).contains("--force"), "{}", text(&out));
     assert_eq!(std::fs::read(tmp.path().join("etcd/ca.crt")).unwrap(), ca);
-    assert!(coffer(&["certs", "client", "ops", "--dir", d]).status.success());
+    assert!(coffer(&["certs", "client", "ops", "--dir", d])
+        .status
+        .success());
     let out = coffer(&["certs", "client", "ops", "--dir", d]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     // No temporary file is left behind.

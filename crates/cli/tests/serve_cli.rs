@@ -380,7 +380,12 @@ fn a_forced_stop_exits_non_zero_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let key = dir.path().join("default.key");
-    let args = ["--data-dir", data.to_str().unwrap(), "--default-key-file", key.to_str().unwrap()];
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--default-key-file",
+        key.to_str().unwrap(),
+    ];
     let (mut s, url) = serve_ready(&args);
     let _open = open_a_request_that_never_finishes(&url);
     sigterm(&s.child);

@@ -2016,7 +2016,11 @@ mod scenarios {
             Ok(r) => json!({"header": full_header(&r.into_inner().header), "ok": true}),
             Err(e) => status(&e),
         };
-        s.record("hash after compacting the current revision", json!({"hash": {}}), a);
+        s.record(
+            "hash after compacting the current revision",
+            json!({"hash": {}}),
+            a,
+        );
         for (label, rev) in [
             ("hashkv 0 after compacting the current revision", 0),
             ("hashkv at the compacted revision", 4),
@@ -2047,9 +2051,15 @@ mod scenarios {
             ("activate NOSPACE", alarm(AlarmAction::Activate, nospace)),
             ("get NONE (all)", alarm(AlarmAction::Get, 0)),
             ("get NOSPACE", alarm(AlarmAction::Get, nospace)),
-            ("get CORRUPT", alarm(AlarmAction::Get, AlarmType::Corrupt as i32)),
+            (
+                "get CORRUPT",
+                alarm(AlarmAction::Get, AlarmType::Corrupt as i32),
+            ),
             ("get unknown alarm type 7", alarm(AlarmAction::Get, 7)),
-            ("deactivate NOSPACE", alarm(AlarmAction::Deactivate, nospace)),
+            (
+                "deactivate NOSPACE",
+                alarm(AlarmAction::Deactivate, nospace),
+            ),
             ("get NONE after deactivate", alarm(AlarmAction::Get, 0)),
         ];
         for (label, req) in requests {
@@ -2078,7 +2088,11 @@ mod scenarios {
             Err(e) => status(&e),
         };
         // Last: etcd 3.4.23 times out reads for a while after a refused MemberAdd.
-        s.record("member add", json!({"member_add": "http://10.0.0.2:2380"}), a);
+        s.record(
+            "member add",
+            json!({"member_add": "http://10.0.0.2:2380"}),
+            a,
+        );
         s
     }
 

@@ -20,8 +20,8 @@ use coffer_proto::maintenance_client::MaintenanceClient;
 use coffer_proto::request_op::Request;
 use coffer_proto::watch_client::WatchClient;
 use coffer_proto::{
-    watch_request::RequestUnion, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest,
-    RequestOp, SnapshotRequest, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    watch_request::RequestUnion, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RequestOp,
+    SnapshotRequest, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -141,7 +141,11 @@ async fn sigterm_ends_watch_keepalive_and_snapshot_streams_with_server_stopped()
 
     let deadline = Instant::now() + Duration::from_secs(15);
     while server.is_running() {
-        assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no exit after SIGTERM:\n{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

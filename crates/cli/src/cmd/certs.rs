@@ -280,7 +280,9 @@ fn client(args: &ClientArgs) -> anyhow::Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
-        bail!("{name:?} is not a usable etcd user name here: use letters, digits, '.', '_' and '-'");
+        bail!(
+            "{name:?} is not a usable etcd user name here: use letters, digits, '.', '_' and '-'"
+        );
     }
     let l = Layout::new(&args.dir);
     let files = Files::new(&args.dir, &format!("etcd/client-{name}"));
@@ -466,7 +468,10 @@ fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         };
         let not_after = OffsetDateTime::from_unix_timestamp(not_after)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| not_after.to_string());
         reports.push(Report {
             file: f.display().to_string(),
