@@ -4,6 +4,9 @@
 //! certificate and the two client certificates kubeadm makes (1 year); `client` adds a client
 //! certificate whose CN is an etcd user; `check` reports expiry and exits 2 when one is near.
 //!
+//! Names and CNs are kubeadm's (`etcd-ca`, the first host for the server, `kube-etcd-healthcheck-client`,
+//! `kube-apiserver-etcd-client`); like current kubeadm no organization is set (older releases
+//! set `O=system:masters`, which etcd ignores).
 //! Keys are ECDSA P-256 (kubeadm's `ECDSA-P256` encryption algorithm; its default is RSA-2048),
 //! written 0600, each file atomically (temp, fsync, rename, fsync of the directory). Existing
 //! files are never replaced without `--force`. No key byte is ever printed or logged.
