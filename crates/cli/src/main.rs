@@ -34,6 +34,9 @@ enum Command {
     /// [offline] Work with snapshot files (restore a data directory from one).
     #[command(subcommand)]
     Snapshot(cmd::snapshot::Args),
+    /// [offline] Create and check the TLS certificates for serving over HTTPS (kubeadm's layout).
+    #[command(subcommand)]
+    Certs(cmd::certs::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Decrypt(args) => cmd::decrypt::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Snapshot(args) => cmd::snapshot::run(args),
+        Command::Certs(args) => cmd::certs::run(args),
     };
     match result {
         Ok(code) => code,

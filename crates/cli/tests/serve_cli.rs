@@ -332,6 +332,93 @@ fn sigterm_ends_open_watch_streams_promptly() {
     );
 }
 
+/// Sends `kill -TERM` to `child`.
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Starts a Range whose request message never arrives, so a graceful stop cannot finish;
+/// the runtime keeps the call open until it is dropped.
+fn open_a_request_that_never_finishes(url: &str) -> tokio::runtime::Runtime {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = url.to_owned();
+    rt.block_on(async move {
+        let ch = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready().await.unwrap();
+        tokio::spawn(async move {
+            let _ = grpc
+                .client_streaming(
+                    tonic::Request::new(futures::stream::pending::<coffer_proto::RangeRequest>()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Range"),
+                    tonic_prost::ProstCodec::<
+                        coffer_proto::RangeRequest,
+                        coffer_proto::RangeResponse,
+                    >::default(),
+                )
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    rt
+}
+
+/// A stop that cuts open requests off is no clean stop: a second signal during the drain, or
+/// the drain timeout, ends `coffer serve` with a non-zero status and says why.
+#[test]
+fn a_forced_stop_exits_non_zero_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("default.key");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--default-key-file",
+        key.to_str().unwrap(),
+    ];
+    let (mut s, url) = serve_ready(&args);
+    let _open = open_a_request_that_never_finishes(&url);
+    sigterm(&s.child);
+    assert!(s.wait_for("SIGTERM received"), "{}", s.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the drain did not wait for the open request:\n{}",
+        s.log()
+    );
+    sigterm(&s.child);
+    let (code, log) = s.finish();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("stopped without draining: a second signal arrived"),
+        "{log}"
+    );
+
+    // The drain timeout (10 s) the same way.
+    let (mut s, url) = serve_ready(&args);
+    let _open = open_a_request_that_never_finishes(&url);
+    let started = Instant::now();
+    sigterm(&s.child);
+    assert!(s.wait_for("SIGTERM received"), "{}", s.log());
+    let (code, log) = s.finish();
+    assert!(started.elapsed() >= Duration::from_secs(9), "{log}");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("stopped without draining: open requests did not finish within 10s"),
+        "{log}"
+    );
+}
+
 /// Writes sealed under each aesgcm key are counted durably (in the store's meta, with every
 /// commit), carried across restarts, and shown by `coffer config check --data-dir`.
 #[test]

@@ -4,7 +4,9 @@
 //! active, SIGKILL and restart (the alarm must survive: etcd keeps it in its `alarm` bucket),
 //! then delete, compact, defragment and disarm, after which writes work again. The answers are
 //! compared; the number of puts before the quota is reached differs (the two engines grow their
-//! files differently) and is only checked to be reached.
+//! files differently) and is only checked to be reached. The order of the checks is etcd's:
+//! a write that does not fit under the quota is refused before it is validated, while the
+//! alarm alone refuses writes only after validation.
 //!
 //! Run: `cargo build -p coffer && cargo test -p coffer-conformance --test quota`.
 
@@ -150,6 +152,21 @@ async fn while_alarmed(c: &mut Clients, t: &mut Vec<(String, Value)>, when: &str
         format!("{when}: read-only txn"),
         answer(c.kv.txn(txn_read).await, |r| json!(r.succeeded)),
     ));
+    // Over the quota, etcd refuses before it validates: NOSPACE, not "key is not provided".
+    t.push((
+        format!("{when}: put over the quota with an empty key"),
+        answer(c.kv.put(put("", VALUE_SIZE)).await, |_| json!("put")),
+    ));
+    let txn_bad = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(put("", VALUE_SIZE))),
+        }],
+        ..Default::default()
+    };
+    t.push((
+        format!("{when}: txn over the quota with an empty key"),
+        answer(c.kv.txn(txn_bad).await, |r| json!(r.succeeded)),
+    ));
     t.push((
         format!("{when}: lease grant"),
         answer(
@@ -228,6 +245,15 @@ async fn scenario(server: &mut Server) -> Vec<(String, Value)> {
         answer(c.m.defragment(DefragmentRequest {}).await, |_| {
             json!("done")
         }),
+    ));
+    // Under the quota again but still alarmed: validation comes first, then the alarm.
+    t.push((
+        "defragmented, alarmed: put with an empty key".into(),
+        answer(c.kv.put(put("", 1)).await, |_| json!("put")),
+    ));
+    t.push((
+        "defragmented, alarmed: small put".into(),
+        answer(c.kv.put(put("/small", 1)).await, |_| json!("put")),
     ));
     let leader =
         c.m.status(StatusRequest {})

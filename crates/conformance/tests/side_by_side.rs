@@ -137,6 +137,26 @@ const EXPECTED: &[ExpectedDifference] = &[
         why: EMPTY_HEADER_WHY,
         expected_from_etcd: |v| v["header"] = filled_header_at_6(),
     },
+    ExpectedDifference {
+        scenario: "maintenance_edges",
+        step: "hashkv 0 after compacting the current revision",
+        issue: HASH_REVISION,
+        why: HASH_REVISION_WHY,
+        expected_from_etcd: |v| v["hash_revision"] = json!(4),
+    },
+    ExpectedDifference {
+        scenario: "maintenance_edges",
+        step: "member add",
+        issue: "none: Coffer is one member by design; etcd's answer (not enough started \
+                members) suggests starting the new member would help",
+        why: "a refusal that says what to do instead (snapshot save + restore for a standby)",
+        expected_from_etcd: |v| {
+            *v = json!({"error": {"code": "Unimplemented", "message":
+                "coffer: a single-member server cannot add members; Coffer always runs as one \
+                 member: for a standby, copy it with `etcdctl snapshot save` and `coffer \
+                 snapshot restore`, or use etcd for a multi-member cluster"}})
+        },
+    },
 ];
 
 const HASH_REVISION: &str =
@@ -185,6 +205,7 @@ scenario_tests!(
     status_and_members,
     lease_errors,
     maintenance_and_cluster,
+    maintenance_edges,
     etcdctl_kv,
     etcdctl_txn_and_compaction,
     etcdctl_status_and_members,
@@ -195,6 +216,7 @@ scenario_tests!(
 fn expected_differences_name_real_scenarios() {
     let names = [
         "maintenance_and_cluster",
+        "maintenance_edges",
         "range_invalid_sort_target",
         "status_and_members",
         "etcdctl_status_and_members",
@@ -1969,6 +1991,108 @@ mod scenarios {
         };
         s.record("promote unknown", json!({"member_promote": "unknown"}), a);
         s.range("still serving", range("k")).await;
+        s
+    }
+
+    /// Hash and HashKV(0) after a compaction at the current revision (etcd answers both; an
+    /// explicit compacted revision fails), Alarm GET filtered by a known and an unknown alarm
+    /// type, MemberAdd with valid URLs.
+    pub async fn maintenance_edges(mut s: Session) -> Session {
+        use coffer_conformance::json::status;
+        use coffer_proto::alarm_request::AlarmAction;
+        use coffer_proto::{AlarmRequest, AlarmType, HashKvRequest, HashRequest, MemberAddRequest};
+        for i in 0..3 {
+            s.put_kv(&format!("put {i}"), "k", &i.to_string()).await;
+        }
+        s.compact(
+            "compact the current revision",
+            CompactionRequest {
+                revision: 4,
+                physical: true,
+            },
+        )
+        .await;
+        let a = match s.maintenance.hash(HashRequest {}).await {
+            Ok(r) => json!({"header": full_header(&r.into_inner().header), "ok": true}),
+            Err(e) => status(&e),
+        };
+        s.record(
+            "hash after compacting the current revision",
+            json!({"hash": {}}),
+            a,
+        );
+        for (label, rev) in [
+            ("hashkv 0 after compacting the current revision", 0),
+            ("hashkv at the compacted revision", 4),
+        ] {
+            let a = match s.maintenance.hash_kv(HashKvRequest { revision: rev }).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    json!({"header": full_header(&r.header), "compact_revision": r.compact_revision,
+                        "hash_revision": r.hash_revision})
+                }
+                Err(e) => status(&e),
+            };
+            s.record(label, json!({"hash_kv": {"revision": rev}}), a);
+        }
+        let me = s
+            .maintenance
+            .status(coffer_proto::StatusRequest {})
+            .await
+            .map(|r| r.into_inner().leader)
+            .unwrap_or(0);
+        let alarm = |action: AlarmAction, alarm: i32| AlarmRequest {
+            action: action as i32,
+            member_id: if action == AlarmAction::Get { 0 } else { me },
+            alarm,
+        };
+        let nospace = AlarmType::Nospace as i32;
+        let requests = [
+            ("activate NOSPACE", alarm(AlarmAction::Activate, nospace)),
+            ("get NONE (all)", alarm(AlarmAction::Get, 0)),
+            ("get NOSPACE", alarm(AlarmAction::Get, nospace)),
+            (
+                "get CORRUPT",
+                alarm(AlarmAction::Get, AlarmType::Corrupt as i32),
+            ),
+            ("get unknown alarm type 7", alarm(AlarmAction::Get, 7)),
+            (
+                "deactivate NOSPACE",
+                alarm(AlarmAction::Deactivate, nospace),
+            ),
+            ("get NONE after deactivate", alarm(AlarmAction::Get, 0)),
+        ];
+        for (label, req) in requests {
+            let request = json!({"alarm": {"action": req.action, "alarm": req.alarm}});
+            let a = match s.maintenance.alarm(req).await {
+                Ok(r) => json!({"alarms": r
+                    .into_inner()
+                    .alarms
+                    .iter()
+                    .map(|a| json!([a.alarm, a.member_id == me]))
+                    .collect::<Vec<_>>()}),
+                Err(e) => status(&e),
+            };
+            s.record(label, request, a);
+        }
+        s.range("still serving", range("k")).await;
+        let r = s
+            .cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec!["http://10.0.0.2:2380".into()],
+                is_learner: false,
+            })
+            .await;
+        let a = match r {
+            Ok(_) => json!({"ok": true}),
+            Err(e) => status(&e),
+        };
+        // Last: etcd 3.4.23 times out reads for a while after a refused MemberAdd.
+        s.record(
+            "member add",
+            json!({"member_add": "http://10.0.0.2:2380"}),
+            a,
+        );
         s
     }
 

@@ -1,6 +1,7 @@
-//! `etcdserverpb.Cluster` for a single member. MemberList shows this member; membership
-//! changes answer as a single-member etcd with strict reconfiguration checks does: adding or
-//! removing a voting member fails for lack of started members, unknown IDs are
+//! `etcdserverpb.Cluster` for a single member. MemberList shows this member. MemberAdd is
+//! refused with Coffer's own error (Coffer never grows beyond one member, so etcd's "not
+//! enough started members" would suggest starting the new member would help); removing this
+//! member fails as on a single etcd with strict reconfiguration checks, unknown IDs are
 //! `member not found`, and this member is no learner to promote.
 
 use std::sync::{Arc, Mutex};
@@ -106,7 +107,7 @@ impl<B: Backend> Cluster for ClusterService<B> {
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(ServerError::MemberBadUrls.into());
         }
-        Err(ServerError::MemberNotEnoughStarted.into())
+        Err(ServerError::CannotAddMembers.into())
     }
 
     #[instrument(skip_all, name = "cluster.member_remove")]

@@ -75,6 +75,13 @@ pub enum ServerError {
     /// A single member cannot add or remove voting members (etcd sends this as UNKNOWN).
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     MemberNotEnoughStarted,
+    /// MemberAdd: Coffer is one member by design and never joins a cluster.
+    #[error(
+        "coffer: a single-member server cannot add members; Coffer always runs as one member: \
+         for a standby, copy it with `etcdctl snapshot save` and `coffer snapshot restore`, or \
+         use etcd for a multi-member cluster"
+    )]
+    CannotAddMembers,
     /// Promoting a member that is not a learner.
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
@@ -144,6 +151,7 @@ impl ServerError {
                 Code::OutOfRange
             }
             ServerError::LeaseExist => Code::FailedPrecondition,
+            ServerError::CannotAddMembers => Code::Unimplemented,
             ServerError::NoSpace
             | ServerError::DiskFull
             | ServerError::TooManyLeases

@@ -30,8 +30,9 @@ pub(crate) struct KeyspaceHash {
     pub current_revision: i64,
 }
 
-/// Hashes the keyspace at `revision` (0 = current). As etcd's HashKV, a revision at or below
-/// the compacted one fails with `Compacted` and one above the current with `FutureRev`.
+/// Hashes the keyspace at `revision` (0 = current). As etcd's `HashByRev`, an explicit
+/// revision at or below the compacted one fails with `Compacted` and one above the current
+/// with `FutureRev`; 0 always hashes the current revision, even when it is the compacted one.
 pub(crate) async fn hash_keyspace<B: Backend>(
     backend: &B,
     revision: i64,
@@ -41,7 +42,7 @@ pub(crate) async fn hash_keyspace<B: Backend>(
     if at > st.revision {
         return Err(coffer_store::Error::FutureRev.into());
     }
-    if st.compact_revision > 0 && at <= st.compact_revision {
+    if revision > 0 && st.compact_revision > 0 && at <= st.compact_revision {
         return Err(coffer_store::Error::Compacted.into());
     }
     let mut digest = Sha256::new();

@@ -11,7 +11,7 @@ use coffer_proto::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
-use coffer_store::{AlarmChange, Backend};
+use coffer_store::{quota, AlarmChange, Backend};
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, instrument, warn};
 
@@ -32,28 +32,47 @@ impl<B: Backend> KvService<B> {
         KvService { backend, shared }
     }
 
-    /// Maps a store error of a write; a write over the quota raises the NOSPACE alarm (durably,
-    /// as etcd does), so later writes are refused until an operator disarms it.
+    /// Maps a store error of a write; a write over the quota raises the NOSPACE alarm.
     async fn failed(&self, err: coffer_store::Error) -> ServerError {
         let err = ServerError::from(err);
-        if matches!(err, ServerError::NoSpace) && !self.backend.no_space() {
-            let member_id = self.shared.config.member_id;
-            let alarm = AlarmMember {
-                member_id,
-                alarm: AlarmType::Nospace as i32,
-            };
-            match self
-                .backend
-                .change_alarm(AlarmChange::Activate(alarm))
-                .await
-            {
-                Ok(_) => warn!(member_id, "backend quota exceeded: NOSPACE alarm raised"),
-                Err(e) => {
-                    error!(member_id, error = %e, "backend quota exceeded, but the NOSPACE alarm could not be saved")
-                }
-            }
+        if matches!(err, ServerError::NoSpace) {
+            raise_nospace(&*self.backend, &self.shared).await;
         }
         err
+    }
+}
+
+/// etcd's quota check, made before a write is validated (`quotaKVServer` and
+/// `quotaLeaseServer` wrap the validating servers): a write of `cost` that does not fit under
+/// the backend quota raises the NOSPACE alarm and is refused with NOSPACE.
+pub(crate) async fn check_quota<B: Backend>(
+    backend: &B,
+    shared: &Shared,
+    cost: i64,
+) -> Result<(), ServerError> {
+    if backend.quota_allows(cost) {
+        return Ok(());
+    }
+    raise_nospace(backend, shared).await;
+    Err(ServerError::NoSpace)
+}
+
+/// Raises the NOSPACE alarm (durably, as etcd does) unless it is active already, so later
+/// writes are refused until an operator disarms it.
+async fn raise_nospace<B: Backend>(backend: &B, shared: &Shared) {
+    if backend.no_space() {
+        return;
+    }
+    let member_id = shared.config.member_id;
+    let alarm = AlarmMember {
+        member_id,
+        alarm: AlarmType::Nospace as i32,
+    };
+    match backend.change_alarm(AlarmChange::Activate(alarm)).await {
+        Ok(_) => warn!(member_id, "backend quota exceeded: NOSPACE alarm raised"),
+        Err(e) => {
+            error!(member_id, error = %e, "backend quota exceeded, but the NOSPACE alarm could not be saved")
+        }
     }
 }
 
@@ -92,8 +111,10 @@ impl<B: Backend> Kv for KvService<B> {
             lease = req.lease,
             "put"
         );
+        check_quota(&*self.backend, &self.shared, quota::put_cost(&req)).await?;
         validate::put(&req)?;
         validate::request_size(&req, self.shared.config.max_request_bytes)?;
+        // The alarm is checked where etcd's applier checks it: after validation.
         if self.backend.no_space() {
             return Err(ServerError::NoSpace.into());
         }
@@ -137,6 +158,7 @@ impl<B: Backend> Kv for KvService<B> {
             failure = req.failure.len(),
             "txn"
         );
+        check_quota(&*self.backend, &self.shared, quota::txn_cost(&req)).await?;
         validate::txn(&req, self.shared.config.max_txn_ops)?;
         if !validate::txn_is_read_only(&req) {
             validate::request_size(&req, self.shared.config.max_request_bytes)?;

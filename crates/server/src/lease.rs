@@ -15,7 +15,7 @@ use coffer_proto::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
-use coffer_store::Backend;
+use coffer_store::{quota, Backend};
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,6 +66,7 @@ impl<B: Backend> Lease for LeaseService<B> {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = request.into_inner();
         debug!(ttl = req.ttl, id = req.id, "lease grant");
+        crate::kv::check_quota(&*self.backend, &self.shared, quota::LEASE_OVERHEAD).await?;
         if self.backend.no_space() {
             return Err(ServerError::NoSpace.into());
         }

@@ -106,7 +106,9 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
                 .backend
                 .alarms()
                 .into_iter()
-                .filter(|a| alarm == AlarmType::None || a.alarm == alarm as i32)
+                // etcd's `AlarmStore.Get`: NONE lists every alarm, any other value (known or
+                // not) only the alarms of that type.
+                .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
                 .collect(),
             Ok(AlarmAction::Activate) => {
                 info!(

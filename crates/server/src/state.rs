@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use coffer_proto::ResponseHeader;
+use tonic::Status;
 
 use crate::config::ServerConfig;
+use crate::errors::ServerError;
 
 /// The raft term a single member reports (etcd shows 2 on a fresh single member).
 pub const RAFT_TERM: u64 = 2;
@@ -15,8 +17,8 @@ pub const RAFT_TERM: u64 = 2;
 pub struct Shared {
     /// The configuration the server was started with.
     pub config: ServerConfig,
-    /// Set once shutdown begins: long-lived streams (Watch, LeaseKeepAlive) end on it, so a
-    /// graceful stop does not wait for clients that would never hang up.
+    /// Set once shutdown begins: long-lived streams (Watch, LeaseKeepAlive, Snapshot) end on
+    /// it, so a graceful stop does not wait for clients that would never hang up.
     stopping: tokio::sync::watch::Sender<bool>,
     /// One permit per Maintenance.Snapshot that may run (`max_concurrent_snapshots`).
     pub snapshots: Arc<tokio::sync::Semaphore>,
@@ -37,15 +39,19 @@ impl Shared {
         self.stopping.send_replace(true);
     }
 
-    /// `stream`, ended early once shutdown begins.
-    pub fn until_stopped<S: futures::Stream>(
-        &self,
-        stream: S,
-    ) -> impl futures::Stream<Item = S::Item> {
+    /// `stream`, ended once shutdown begins with etcd's `Unavailable` `etcdserver: server
+    /// stopped`, never with a clean end: clientv3 takes a clean end of a Watch or
+    /// LeaseKeepAlive stream as final, and a Snapshot cut off must not look complete.
+    pub fn until_stopped<T, S>(&self, stream: S) -> impl futures::Stream<Item = Result<T, Status>>
+    where
+        S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
+    {
         let mut stopping = self.stopping.subscribe();
-        futures::StreamExt::take_until(stream, async move {
+        end_with(stream, async move {
             // An error means the sender is gone, which also means stop.
             let _ = stopping.wait_for(|s| *s).await;
+            Status::from(ServerError::Stopped)
         })
     }
 
@@ -64,4 +70,25 @@ impl Shared {
         let revision = header.map_or(0, |h| h.revision);
         *header = Some(self.header(revision));
     }
+}
+
+/// `stream` until `end` resolves, then `end`'s status as the last item. `end` is checked
+/// first at every step, so a stream that always has items ready still ends.
+pub(crate) fn end_with<T, S, E>(stream: S, end: E) -> impl futures::Stream<Item = Result<T, Status>>
+where
+    S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    E: std::future::Future<Output = Status> + Send + 'static,
+    T: Send + 'static,
+{
+    let state = Some((Box::pin(stream), Box::pin(end)));
+    futures::stream::unfold(state, |state| async move {
+        let (mut stream, mut end) = state?;
+        tokio::select! {
+            biased;
+            status = &mut end => Some((Err(status), None)),
+            item = futures::StreamExt::next(&mut stream) => {
+                item.map(|item| (item, Some((stream, end))))
+            }
+        }
+    })
 }

@@ -7,7 +7,7 @@
 //! periodic progress ticker (`--watch-progress-notify-interval`, up to +10 % jitter per stream)
 //! lives here, as do the watcher limits (`--max-watchers-per-stream`, `--max-watchers`: a create
 //! beyond them is refused with `etcdserver: too many requests`). A client half-close does not end the stream: events keep flowing until the
-//! client cancels the RPC. Logs carry ids and counts, never keys or values.
+//! client cancels the RPC; a receive error ends it with that error. Logs carry ids and counts, never keys or values.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,10 +70,14 @@ fn jittered(interval: Duration) -> Duration {
     interval + interval.mul_f64(f64::from(nanos % 1000) / 10_000.0)
 }
 
+/// Serves one stream's requests. A receive error (a request that does not decode, a broken
+/// request side) ends the RPC with that error, as etcd's `recvLoop` does; `failed` carries it
+/// to the response stream.
 async fn serve_requests(
     mut stream: WatchStream,
     mut inbound: Streaming<WatchRequest>,
     interval: Duration,
+    failed: tokio::sync::oneshot::Sender<Status>,
 ) {
     let mut ticker = tokio::time::interval(jittered(interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -95,9 +99,14 @@ async fn serve_requests(
                 },
                 // Unknown request types are ignored.
                 Some(Ok(WatchRequest { request_union: None })) => {}
-                // Half-close or a broken request side: keep delivering until the client
-                // cancels the RPC (etcd does the same).
-                Some(Err(_)) | None => inbound_open = false,
+                // Half-close: keep delivering until the client cancels the RPC (etcd does
+                // the same).
+                None => inbound_open = false,
+                Some(Err(status)) => {
+                    debug!(code = ?status.code(), "watch stream receive error: ending the RPC");
+                    let _ = failed.send(status);
+                    break;
+                }
             },
             _ = ticker.tick() => stream.progress_tick(),
             () = stream.closed() => break,
@@ -242,7 +251,8 @@ impl Watch for WatchService {
             .config
             .watch_progress_notify_interval
             .max(crate::config::MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
-        tokio::spawn(serve_requests(stream, inbound, interval));
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(serve_requests(stream, inbound, interval, failed_tx));
         let shared = Arc::clone(&self.shared);
         let limit = shared.config.max_decoding_message_size();
         // Notices already queued are taken together and merged per watcher (merge.rs), so a
@@ -260,6 +270,14 @@ impl Watch for WatchService {
                 futures::stream::iter(out)
             },
         );
+        let failed = async move {
+            match failed_rx.await {
+                Ok(status) => status,
+                // The request loop ended without an error: only the stop or the client ends it.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let out = crate::state::end_with(out, failed);
         Ok(Response::new(Box::pin(self.shared.until_stopped(out))))
     }
 }

@@ -93,6 +93,12 @@ pub trait Backend: Send + Sync + 'static {
     fn no_space(&self) -> bool {
         crate::alarm::no_space(&self.alarms())
     }
+    /// Whether a write of quota `cost` ([`crate::quota`]) fits under the backend quota now
+    /// (etcd's check before validation); a write that does not is refused with NOSPACE.
+    fn quota_allows(&self, cost: i64) -> bool {
+        let _ = cost;
+        true
+    }
     /// Every lease id, soonest expiry first.
     fn lease_ids(&self) -> Vec<i64> {
         Vec::new()
@@ -154,6 +160,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn lease_ids(&self) -> Vec<i64> {
         (**self).lease_ids()
+    }
+    fn quota_allows(&self, cost: i64) -> bool {
+        (**self).quota_allows(cost)
     }
     fn alarms(&self) -> Vec<coffer_proto::AlarmMember> {
         (**self).alarms()

@@ -500,6 +500,14 @@ impl Backend for EmbeddedStore {
         self.shared.alarms().clone()
     }
 
+    fn quota_allows(&self, cost: i64) -> bool {
+        let size = self
+            .shared
+            .db_size
+            .load(std::sync::atomic::Ordering::Relaxed);
+        crate::quota::fits(size, cost, self.shared.quota)
+    }
+
     async fn change_alarm(
         &self,
         change: crate::AlarmChange,

@@ -32,6 +32,7 @@ mod history;
 pub mod index;
 pub mod lease;
 mod plan;
+pub mod quota;
 pub mod range;
 pub mod record;
 pub mod sealer;

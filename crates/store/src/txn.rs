@@ -6,9 +6,6 @@ use coffer_proto::{compare, request_op, Compare, DeleteRangeRequest, PutRequest,
 use crate::index::Entry;
 use crate::Error;
 
-/// etcd's per-key overhead in the quota cost of a put.
-const KV_OVERHEAD: i64 = 256;
-
 /// A txn whose put values were sealed by the caller.
 #[derive(Debug)]
 pub(crate) struct TxnPlan {
@@ -52,9 +49,7 @@ impl TxnPlan {
     }
 }
 
-pub(crate) fn put_cost(p: &PutRequest) -> i64 {
-    (p.key.len() + p.value.len()) as i64 + KV_OVERHEAD
-}
+pub(crate) use crate::quota::put_cost;
 
 /// etcd's `compareKV`: `entry`/`value` are `None` for an absent key (a zero KeyValue).
 pub(crate) fn compare_kv(c: &Compare, entry: Option<&Entry>, value: Option<&[u8]>) -> bool {

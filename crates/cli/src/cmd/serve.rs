@@ -596,6 +596,18 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.max_concurrent_snapshots = plan.max_concurrent_snapshots;
     config.watch_progress_notify_interval = plan.watch_progress_notify_interval;
 
+    // Without the handlers a SIGTERM would kill the process without the drain and the final
+    // commit: refuse to serve rather than serve without a clean stop.
+    let mut signals = match Signals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            store.close();
+            return Err(e).context(
+                "cannot register the SIGTERM/SIGINT handlers, so the server could not stop \
+                 cleanly; not serving",
+            );
+        }
+    };
     let listeners = match coffer_server::bind(&config).await {
         Ok(l) => l,
         Err(e) => {
@@ -610,9 +622,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(0u32);
     let signals = tokio::spawn(async move {
         loop {
-            if wait_for_signal().await.is_err() {
-                return;
-            }
+            signals.recv().await;
             sig_tx.send_modify(|n| *n += 1);
         }
     });
@@ -624,35 +634,75 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     let drain_guard = async move {
         let _ = forced.wait_for(|n| *n >= 1).await;
         tokio::select! {
-            _ = forced.wait_for(|n| *n >= 2) => warn!("second signal: stopping now"),
-            () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!(
-                timeout = ?DRAIN_TIMEOUT,
-                "open requests did not finish in time; stopping"
-            ),
+            _ = forced.wait_for(|n| *n >= 2) => Forced::SecondSignal,
+            () = tokio::time::sleep(DRAIN_TIMEOUT) => Forced::Timeout,
         }
     };
     let served = tokio::select! {
-        r = coffer_server::serve_on(listeners, config, store.clone(), shutdown) => r,
-        () = drain_guard => Ok(()),
+        r = coffer_server::serve_on(listeners, config, store.clone(), shutdown) => r.map(|()| None),
+        forced = drain_guard => Ok(Some(forced)),
     };
     signals.abort();
     // Writes already queued finish and are made durable before the writer stops.
     store.close();
-    served.context("the server stopped with an error")?;
-    info!("coffer serve stopped");
-    Ok(())
+    match served.context("the server stopped with an error")? {
+        None => {
+            info!("coffer serve stopped");
+            Ok(())
+        }
+        Some(forced) => {
+            warn!("{forced}");
+            Err(anyhow::anyhow!("{forced}"))
+        }
+    }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+/// Why a drain was cut short: the stop is then not clean, and the exit status says so.
+#[derive(Debug, Clone, Copy)]
+enum Forced {
+    SecondSignal,
+    Timeout,
+}
+
+impl std::fmt::Display for Forced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self {
+            Forced::SecondSignal => "a second signal arrived".to_owned(),
+            Forced::Timeout => format!(
+                "open requests did not finish within {}s",
+                DRAIN_TIMEOUT.as_secs()
+            ),
+        };
+        write!(
+            f,
+            "stopped without draining: {why}; requests still open were cut off (writes already \
+             queued were made durable)"
+        )
     }
-    Ok(())
+}
+
+/// SIGTERM and SIGINT, registered once before serving.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received"),
+            _ = self.int.recv() => info!("SIGINT received"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -133,9 +133,16 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::ResourceExhausted,
             "grpc: trying to send message larger than max (2147483648 vs. 2147483647)",
         ),
+        ServerError::CannotAddMembers => (
+            33,
+            Code::Unimplemented,
+            "coffer: a single-member server cannot add members; Coffer always runs as one \
+             member: for a standby, copy it with `etcdctl snapshot save` and `coffer snapshot \
+             restore`, or use etcd for a multi-member cluster",
+        ),
     }
 }
-const VARIANTS: usize = 33;
+const VARIANTS: usize = 34;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -171,6 +178,7 @@ fn all() -> Vec<ServerError> {
         ServerError::WritesStopped,
         ServerError::Corrupt,
         ServerError::TooManyLeases,
+        ServerError::CannotAddMembers,
         ServerError::ResponseTooLarge {
             size: 2147483648,
             limit: 2147483647,

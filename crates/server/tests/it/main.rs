@@ -311,8 +311,10 @@ async fn maintenance_and_cluster() {
         })
         .await
         .unwrap_err(),
-        Code::Unknown,
-        "etcdserver: re-configuration failed due to not enough started members",
+        Code::Unimplemented,
+        "coffer: a single-member server cannot add members; Coffer always runs as one member: \
+         for a standby, copy it with `etcdctl snapshot save` and `coffer snapshot restore`, or \
+         use etcd for a multi-member cluster",
     );
     assert_status(
         c.member_add(MemberAddRequest {
@@ -483,6 +485,43 @@ async fn maintenance_and_cluster() {
         .into_inner();
     assert_eq!(got.kvs[0].value, b"1");
 
+    shutdown(r).await;
+}
+
+/// etcd checks the quota before anything else (`quotaLeaseServer`, `quotaKVServer`): over it,
+/// a lease grant raises the NOSPACE alarm too, and an invalid put is NOSPACE, not its
+/// validation error.
+#[tokio::test]
+async fn quota_is_checked_first_and_for_lease_grants() {
+    let r = start_with_quota(1 << 20, 1).await;
+    let ch = channel(&r).await;
+    let mut lease = coffer_proto::lease_client::LeaseClient::new(ch.clone());
+    let mut kv = KvClient::new(ch.clone());
+    let mut m = MaintenanceClient::new(ch);
+    assert_status(
+        lease
+            .lease_grant(coffer_proto::LeaseGrantRequest { ttl: 60, id: 0 })
+            .await
+            .unwrap_err(),
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    let alarms = m
+        .alarm(AlarmRequest {
+            action: AlarmAction::Get as i32,
+            member_id: 0,
+            alarm: AlarmType::Nospace as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert_eq!(alarms.len(), 1, "the lease grant did not raise NOSPACE");
+    assert_status(
+        kv.put(put("", b"1")).await.unwrap_err(),
+        Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded",
+    );
     shutdown(r).await;
 }
 
