@@ -10,12 +10,13 @@
 //! [`serve`] binds every listen URL and serves until the shutdown future completes, then
 //! drains the open requests.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod config;
 pub mod errors;
-pub mod http;
 mod hash;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
