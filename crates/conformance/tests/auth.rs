@@ -1,0 +1,712 @@
+//! etcd authentication through etcdctl, side by side: the flows of the reference (users, roles,
+//! permissions by key, `--prefix` and `--from-key`, `auth enable`, reads and writes as root and
+//! as limited users, denials, revocations, wrong passwords, `auth disable`) and every error case
+//! of its list, as etcdctl prints them (stdout, stderr, exit code).
+//!
+//! etcd 3.4.23's answers are recorded in `tests/expected/auth_etcdctl.json`;
+//! `etcd_answers_as_recorded` checks that etcd still gives exactly them (set
+//! `COFFER_RECORD_AUTH=1` to write the file anew), and `coffer_answers_like_etcd` runs the same
+//! flow against Coffer and compares it with the recording, corrected by [`EXPECTED`] where
+//! 3.4.23 has a bug that 3.5 fixed. etcd bugs that would crash or need a gRPC client are not run
+//! against etcd: `coffer_refuses_what_etcd_3_4_crashes_on` checks the 3.5 answers on Coffer only.
+//!
+//! The etcd bcrypt hash check reads a user's hash from an etcd snapshot and checks it with
+//! Coffer's `password::verify`.
+
+use std::path::PathBuf;
+
+use coffer_conformance::etcdctl;
+use coffer_conformance::process::EtcdProcess;
+use coffer_conformance::transcript::{
+    apply_expected, compare, ExpectedDifference, Step, Transcript,
+};
+use coffer_conformance::{CofferOptions, CofferProcess};
+use serde_json::{json, Value};
+
+const SCENARIO: &str = "auth_etcdctl";
+
+/// Where etcd 3.4.23 differs from 3.5 (and so from Coffer) in this flow.
+const EXPECTED: &[ExpectedDifference] = &[
+    ExpectedDifference {
+        scenario: SCENARIO,
+        step: "grant empty range b..a",
+        issue: "etcd-io/etcd#15294",
+        why: "3.4.23 stores a permission whose range_end is below its key; 3.4.25+/3.5 refuse it",
+        expected_from_etcd: |v| *v = etcdctl_error("InvalidArgument", "invalid auth management"),
+    },
+    ExpectedDifference {
+        scenario: SCENARIO,
+        step: "alice lease timetolive --keys",
+        issue: "CVE-2023-32082, etcd-io/etcd#15656",
+        why: "3.4.23 lists the keys of a lease to a user who may not read them; 3.4.26+/3.5.9+ \
+              need READ on every attached key",
+        expected_from_etcd: |v| *v = etcdctl_error("PermissionDenied", "permission denied"),
+    },
+];
+
+/// What etcdctl prints for a failed unary call: clientv3's retry log line carries the code,
+/// the last line the message.
+fn etcdctl_error(code: &str, message: &str) -> Value {
+    json!({
+        "exit": 1,
+        "stdout": "",
+        "stderr": {
+            "text": format!("Error: etcdserver: {message}"),
+            "grpc_errors": [format!("rpc error: code = {code} desc = etcdserver: {message}")],
+        }
+    })
+}
+
+/// Runs etcdctl steps against one endpoint and keeps their normalized answers.
+struct Flow {
+    endpoint: String,
+    transcript: Transcript,
+    /// The lease granted in the flow, masked in every answer.
+    lease: Option<String>,
+}
+
+impl Flow {
+    fn new(endpoint: &str) -> Flow {
+        Flow {
+            endpoint: endpoint.to_owned(),
+            transcript: Transcript::default(),
+            lease: None,
+        }
+    }
+
+    /// Runs `etcdctl args...` and records the answer under `label`.
+    fn run(&mut self, label: &str, args: &[&str]) -> Value {
+        self.run_with(label, args, None)
+    }
+
+    fn run_with(&mut self, label: &str, args: &[&str], stdin: Option<&str>) -> Value {
+        let out = etcdctl::run(&self.endpoint, args, stdin)
+            .unwrap_or_else(|e| panic!("{label}: etcdctl: {e}"));
+        let mut answer = out.normalized(&self.endpoint);
+        let mut request = json!(args);
+        if let Some(lease) = &self.lease {
+            mask(&mut answer, lease, "<lease>");
+            mask(&mut request, lease, "<lease>");
+        }
+        mask_ttls(&mut answer);
+        assert!(
+            !self.transcript.steps.iter().any(|s| s.label == label),
+            "duplicate label {label:?}"
+        );
+        self.transcript.steps.push(Step {
+            label: label.to_owned(),
+            request,
+            answer: answer.clone(),
+        });
+        answer
+    }
+
+    /// `etcdctl --user name:pw args...`.
+    fn as_user(&mut self, label: &str, user: &str, args: &[&str]) -> Value {
+        let flag = format!("--user={user}");
+        let mut full = vec![flag.as_str()];
+        full.extend_from_slice(args);
+        self.run(label, &full)
+    }
+
+    fn root(&mut self, label: &str, args: &[&str]) -> Value {
+        self.as_user(label, "root:rootpw", args)
+    }
+}
+
+fn mask(v: &mut Value, needle: &str, with: &str) {
+    match v {
+        Value::String(s) if s.contains(needle) => *s = s.replace(needle, with),
+        Value::Array(a) => a.iter_mut().for_each(|x| mask(x, needle, with)),
+        Value::Object(m) => m.values_mut().for_each(|x| mask(x, needle, with)),
+        _ => {}
+    }
+}
+
+/// `remaining(97s)` → `remaining(<ttl>)`: the clock moves between servers.
+fn mask_ttls(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Some(start) = s.find("remaining(") {
+                let from = start + "remaining(".len();
+                if let Some(len) = s[from..].find(')') {
+                    s.replace_range(from..from + len, "<ttl>");
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(mask_ttls),
+        Value::Object(m) => m.values_mut().for_each(mask_ttls),
+        _ => {}
+    }
+}
+
+/// The auth flow of the reference, runnable against any endpoint.
+fn auth_flow(endpoint: &str) -> Transcript {
+    let mut f = Flow::new(endpoint);
+    // Before any user exists.
+    f.run("auth enable without root", &["auth", "enable"]);
+    f.run("user list empty", &["user", "list"]);
+
+    // Users.
+    f.run("user add root", &["user", "add", "root:rootpw"]);
+    f.run("user add alice", &["user", "add", "alice:alicepw"]);
+    f.run("user add bob", &["user", "add", "bob:bobpw"]);
+    f.run("user add alice again", &["user", "add", "alice:other"]);
+    f.run("user add empty name", &["user", "add", ":pw"]);
+    f.run_with(
+        "user add carol from stdin",
+        &["user", "add", "carol", "--interactive=false"],
+        Some("carolpw\n"),
+    );
+
+    // Roles and permissions.
+    f.run("role add reader", &["role", "add", "reader"]);
+    f.run("role add writer", &["role", "add", "writer"]);
+    f.run("role add odd", &["role", "add", "odd"]);
+    f.run("role add reader again", &["role", "add", "reader"]);
+    f.run("role add empty name", &["role", "add", ""]);
+    f.run(
+        "grant read /a/ prefix",
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "/a/",
+            "--prefix",
+        ],
+    );
+    f.run(
+        "grant read /from from-key",
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "/from",
+            "--from-key",
+        ],
+    );
+    f.run(
+        "grant readwrite /b/ prefix",
+        &[
+            "role",
+            "grant-permission",
+            "writer",
+            "readwrite",
+            "/b/",
+            "--prefix",
+        ],
+    );
+    f.run(
+        "grant write /single",
+        &["role", "grant-permission", "writer", "write", "/single"],
+    );
+    f.run(
+        "grant read [/r1, /r5)",
+        &["role", "grant-permission", "writer", "read", "/r1", "/r5"],
+    );
+    f.run(
+        "grant /single again as readwrite",
+        &["role", "grant-permission", "writer", "readwrite", "/single"],
+    );
+    f.run(
+        "grant to unknown role",
+        &["role", "grant-permission", "nosuch", "read", "/x"],
+    );
+    f.run(
+        "grant empty range b..a",
+        &["role", "grant-permission", "odd", "read", "b", "a"],
+    );
+    f.run(
+        "grant bad permission type",
+        &["role", "grant-permission", "reader", "readonly", "/x"],
+    );
+
+    // Users get roles.
+    f.run(
+        "grant reader to alice",
+        &["user", "grant-role", "alice", "reader"],
+    );
+    f.run(
+        "grant writer to bob",
+        &["user", "grant-role", "bob", "writer"],
+    );
+    f.run(
+        "grant reader to bob",
+        &["user", "grant-role", "bob", "reader"],
+    );
+    f.run(
+        "grant unknown role",
+        &["user", "grant-role", "alice", "nosuch"],
+    );
+    f.run(
+        "grant to unknown user",
+        &["user", "grant-role", "nosuch", "reader"],
+    );
+
+    // Reading the model back.
+    f.run("user get alice", &["user", "get", "alice"]);
+    f.run("user get bob detail", &["user", "get", "bob", "--detail"]);
+    f.run("user get unknown", &["user", "get", "nosuch"]);
+    f.run("user get empty", &["user", "get", ""]);
+    f.run("role get reader", &["role", "get", "reader"]);
+    f.run("role get writer", &["role", "get", "writer"]);
+    f.run("role get unknown", &["role", "get", "nosuch"]);
+    f.run("user list", &["user", "list"]);
+    f.run("role list", &["role", "list"]);
+    f.run("user list json", &["-w", "json", "user", "list"]);
+    f.run(
+        "role get reader json",
+        &["-w", "json", "role", "get", "reader"],
+    );
+
+    // Enabling: etcdctl creates role root and grants it to user root.
+    f.run("auth enable", &["auth", "enable"]);
+    f.run(
+        "auth enable again",
+        &["--user=root:rootpw", "auth", "enable"],
+    );
+    f.root("role get root", &["role", "get", "root"]);
+    f.root("user get root", &["user", "get", "root"]);
+
+    // Root writes everywhere.
+    for (label, key, value) in [
+        ("root put /a/1", "/a/1", "a1"),
+        ("root put /b/1", "/b/1", "b1"),
+        ("root put /single", "/single", "s"),
+        ("root put /r3", "/r3", "r3"),
+        ("root put /r7", "/r7", "r7"),
+        ("root put /z", "/z", "z"),
+        ("root put /fromage", "/fromage", "f"),
+    ] {
+        f.root(label, &["put", key, value]);
+    }
+    f.root("root get all", &["get", "", "--from-key"]);
+
+    // alice: reader (READ on /a/ prefix and from /from).
+    let alice = "alice:alicepw";
+    f.as_user("alice get /a/1", alice, &["get", "/a/1"]);
+    f.as_user("alice get /a/ prefix", alice, &["get", "/a/", "--prefix"]);
+    f.as_user("alice get /fromage", alice, &["get", "/fromage"]);
+    f.as_user(
+        "alice get /z from-key",
+        alice,
+        &["get", "/from", "--from-key"],
+    );
+    f.as_user("alice get /b/1 denied", alice, &["get", "/b/1"]);
+    f.as_user(
+        "alice get / prefix denied",
+        alice,
+        &["get", "/", "--prefix"],
+    );
+    f.as_user("alice put /a/1 denied", alice, &["put", "/a/1", "x"]);
+    f.as_user("alice del /a/1 denied", alice, &["del", "/a/1"]);
+    f.run_with(
+        "alice txn reading /b/1 denied",
+        &["--user=alice:alicepw", "txn"],
+        Some("\nget /a/1\n\nget /b/1\n\n"),
+    );
+    f.run_with(
+        "alice txn reading /a/1",
+        &["--user=alice:alicepw", "txn"],
+        Some("\nget /a/1\n\nget /a/2\n\n"),
+    );
+    f.as_user("alice user get self", alice, &["user", "get", "alice"]);
+    f.as_user("alice user get bob denied", alice, &["user", "get", "bob"]);
+    f.as_user("alice role get reader", alice, &["role", "get", "reader"]);
+    f.as_user(
+        "alice role get writer denied",
+        alice,
+        &["role", "get", "writer"],
+    );
+    f.as_user("alice user list denied", alice, &["user", "list"]);
+    f.as_user("alice role list denied", alice, &["role", "list"]);
+    f.as_user(
+        "alice user add denied",
+        alice,
+        &["user", "add", "eve:evepw"],
+    );
+    f.as_user("alice auth disable denied", alice, &["auth", "disable"]);
+    f.as_user("alice compact allowed", alice, &["compaction", "1"]);
+    f.as_user("alice defrag denied", alice, &["defrag"]);
+
+    // bob: writer (READWRITE /b/ prefix, READWRITE /single, READ [/r1, /r5)) and reader.
+    let bob = "bob:bobpw";
+    f.as_user("bob put /b/2", bob, &["put", "/b/2", "b2"]);
+    f.as_user("bob get /b/ prefix", bob, &["get", "/b/", "--prefix"]);
+    f.as_user("bob put /single", bob, &["put", "/single", "s2"]);
+    f.as_user("bob get /single", bob, &["get", "/single"]);
+    f.as_user("bob get [/r1, /r5)", bob, &["get", "/r1", "/r5"]);
+    // Covered only by the union of writer's [/r1, /r5) and reader's [/from, end).
+    f.as_user(
+        "bob get [/r1, /r8) by the union",
+        bob,
+        &["get", "/r1", "/r8"],
+    );
+    f.as_user("bob get [/a0, /r2) denied", bob, &["get", "/a0", "/r2"]);
+    f.as_user("bob put /r3 denied", bob, &["put", "/r3", "x"]);
+    f.as_user("bob del /b/2 prev-kv", bob, &["del", "/b/2", "--prev-kv"]);
+    f.as_user("bob put /z denied", bob, &["put", "/z", "x"]);
+
+    // No credentials, wrong ones.
+    f.run("anonymous get denied", &["get", "/a/1"]);
+    f.run("anonymous put denied", &["put", "/a/1", "x"]);
+    f.as_user("wrong password", "alice:wrong", &["get", "/a/1"]);
+    f.as_user("unknown user", "nobody:pw", &["get", "/a/1"]);
+    f.as_user("empty password", "alice:", &["get", "/a/1"]);
+
+    // A lease on a key alice cannot read.
+    let granted = f.root("root lease grant", &["lease", "grant", "600"]);
+    let lease = granted["stdout"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .expect("lease id in `lease grant` output")
+        .to_owned();
+    f.root(
+        "root put /b/leased with lease",
+        &["put", "/b/leased", "v", "--lease", &lease],
+    );
+    f.lease = Some(lease.clone());
+    for step in f.transcript.steps.iter_mut().rev().take(2) {
+        mask(&mut step.answer, &lease, "<lease>");
+        mask(&mut step.request, &lease, "<lease>");
+    }
+    f.as_user(
+        "alice lease timetolive --keys",
+        alice,
+        &["lease", "timetolive", &lease, "--keys"],
+    );
+    f.as_user(
+        "bob lease timetolive --keys",
+        bob,
+        &["lease", "timetolive", &lease, "--keys"],
+    );
+
+    // Revoking.
+    f.root(
+        "revoke reader from alice",
+        &["user", "revoke-role", "alice", "reader"],
+    );
+    f.as_user("alice get /a/1 after revoke", alice, &["get", "/a/1"]);
+    f.root(
+        "revoke reader from alice again",
+        &["user", "revoke-role", "alice", "reader"],
+    );
+    f.root(
+        "revoke from unknown user",
+        &["user", "revoke-role", "nosuch", "reader"],
+    );
+    f.root(
+        "revoke /single from writer",
+        &["role", "revoke-permission", "writer", "/single"],
+    );
+    f.as_user(
+        "bob put /single after revoke",
+        bob,
+        &["put", "/single", "x"],
+    );
+    f.root(
+        "revoke /single from writer again",
+        &["role", "revoke-permission", "writer", "/single"],
+    );
+    f.root(
+        "revoke /b/ prefix from writer",
+        &["role", "revoke-permission", "writer", "/b/", "--prefix"],
+    );
+    f.root(
+        "revoke from unknown role",
+        &["role", "revoke-permission", "nosuch", "/x"],
+    );
+    f.root("role get writer after revokes", &["role", "get", "writer"]);
+
+    // What root cannot do while auth is on.
+    f.root("delete user root", &["user", "delete", "root"]);
+    f.root("delete role root", &["role", "delete", "root"]);
+    f.root(
+        "revoke root from root",
+        &["user", "revoke-role", "root", "root"],
+    );
+
+    // Passwords.
+    f.run_with(
+        "alice passwd",
+        &[
+            "--user=root:rootpw",
+            "user",
+            "passwd",
+            "alice",
+            "--interactive=false",
+        ],
+        Some("newpw\n"),
+    );
+    f.as_user("alice old password", alice, &["user", "get", "alice"]);
+    f.as_user(
+        "alice new password",
+        "alice:newpw",
+        &["user", "get", "alice"],
+    );
+    f.root(
+        "passwd unknown user",
+        &["user", "passwd", "nosuch", "--interactive=false"],
+    );
+
+    // Deleting.
+    f.root("delete user bob", &["user", "delete", "bob"]);
+    f.as_user("bob after delete", bob, &["get", "/b/1"]);
+    f.root("delete user unknown", &["user", "delete", "nosuch"]);
+    f.root("delete role writer", &["role", "delete", "writer"]);
+    f.root("delete role unknown", &["role", "delete", "nosuch"]);
+    f.root("user list at end", &["user", "list"]);
+    f.root("role list at end", &["role", "list"]);
+
+    // Disabling.
+    f.as_user(
+        "alice auth disable denied again",
+        "alice:newpw",
+        &["auth", "disable"],
+    );
+    f.root("auth disable", &["auth", "disable"]);
+    f.run("anonymous get after disable", &["get", "/a/1"]);
+    f.as_user(
+        "authenticate while disabled",
+        "root:rootpw",
+        &["get", "/a/1"],
+    );
+    f.run("auth disable again", &["auth", "disable"]);
+    f.run(
+        "delete user root when disabled",
+        &["user", "delete", "root"],
+    );
+    f.transcript
+}
+
+fn recording_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/expected/auth_etcdctl.json")
+}
+
+fn to_json(t: &Transcript) -> Value {
+    Value::Array(
+        t.steps
+            .iter()
+            .map(|s| json!({"label": s.label, "request": s.request, "answer": s.answer}))
+            .collect(),
+    )
+}
+
+fn recording() -> Transcript {
+    let text = std::fs::read_to_string(recording_path()).expect("recorded etcd transcript");
+    let steps: Vec<Value> = serde_json::from_str(&text).expect("recording is JSON");
+    Transcript {
+        steps: steps
+            .into_iter()
+            .map(|s| Step {
+                label: s["label"].as_str().unwrap_or_default().to_owned(),
+                request: s["request"].clone(),
+                answer: s["answer"].clone(),
+            })
+            .collect(),
+    }
+}
+
+fn check_against_recording(name: &str, got: &Transcript, expected: &Transcript) {
+    if let Err(report) = compare(
+        SCENARIO,
+        "expected (etcd 3.4.23 recording)",
+        expected,
+        name,
+        got,
+    ) {
+        panic!("{report}");
+    }
+}
+
+/// etcd 3.4.23 answers exactly as recorded (or records anew with `COFFER_RECORD_AUTH=1`).
+#[test]
+fn etcd_answers_as_recorded() {
+    let etcd = EtcdProcess::start().expect("start etcd");
+    let got = auth_flow(&etcd.endpoint());
+    if std::env::var_os("COFFER_RECORD_AUTH").is_some() {
+        let text = serde_json::to_string_pretty(&to_json(&got)).expect("serialize");
+        std::fs::create_dir_all(recording_path().parent().expect("parent")).expect("mkdir");
+        std::fs::write(recording_path(), text + "\n").expect("write recording");
+        return;
+    }
+    check_against_recording("etcd", &got, &recording());
+}
+
+/// Coffer answers like the recording, with etcd 3.4.23's auth bugs corrected to 3.5.
+#[test]
+#[ignore = "auth service not wired yet"]
+fn coffer_answers_like_etcd() {
+    let coffer = CofferProcess::start(CofferOptions::default()).expect("start coffer");
+    let got = auth_flow(&coffer.endpoint());
+    let expected = apply_expected(SCENARIO, &recording(), EXPECTED).expect("expected differences");
+    check_against_recording("coffer", &got, &expected);
+}
+
+/// Every expected difference names a step of the flow and changes the recording.
+#[test]
+fn expected_differences_apply_to_the_recording() {
+    let corrected = apply_expected(SCENARIO, &recording(), EXPECTED).expect("applies");
+    assert_eq!(corrected.steps.len(), recording().steps.len());
+}
+
+/// The recording shows the auth errors of the reference, with etcd's codes.
+#[test]
+fn recording_has_every_error_of_the_reference() {
+    let text = serde_json::to_string(&to_json(&recording())).expect("serialize");
+    for error in [
+        "code = FailedPrecondition desc = etcdserver: root user does not exist",
+        "code = FailedPrecondition desc = etcdserver: user name already exists",
+        "code = InvalidArgument desc = etcdserver: user name is empty",
+        "code = FailedPrecondition desc = etcdserver: role name already exists",
+        "code = InvalidArgument desc = etcdserver: role name is empty",
+        "code = FailedPrecondition desc = etcdserver: user name not found",
+        "code = FailedPrecondition desc = etcdserver: role name not found",
+        "code = FailedPrecondition desc = etcdserver: role is not granted to the user",
+        "code = FailedPrecondition desc = etcdserver: permission is not granted to the role",
+        "code = PermissionDenied desc = etcdserver: permission denied",
+        "code = InvalidArgument desc = etcdserver: authentication failed, invalid user ID or password",
+        "code = InvalidArgument desc = etcdserver: invalid auth management",
+        "code = FailedPrecondition desc = etcdserver: authentication is not enabled",
+    ] {
+        assert!(text.contains(error), "the recording lacks {error:?}");
+    }
+}
+
+/// A password hash made by etcd (Go's bcrypt), read from an etcd snapshot, is accepted by
+/// Coffer's password check.
+#[test]
+fn etcd_password_hashes_verify_in_coffer() {
+    let etcd = EtcdProcess::start().expect("start etcd");
+    let out =
+        etcdctl::run(&etcd.endpoint(), &["user", "add", "dora:d0ra-pw"], None).expect("etcdctl");
+    assert_eq!(out.code, 0, "{out:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("s.db");
+    let snap_arg = snap.to_string_lossy().into_owned();
+    let out =
+        etcdctl::run(&etcd.endpoint(), &["snapshot", "save", &snap_arg], None).expect("etcdctl");
+    assert_eq!(out.code, 0, "{out:?}");
+    let bytes = std::fs::read(&snap).expect("snapshot");
+    let hash = find_bcrypt_hash(&bytes).expect("a bcrypt hash in the authUsers bucket");
+    assert!(hash.starts_with("$2a$10$"), "{hash}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    use coffer_server::auth::{password, Secret};
+    assert!(rt.block_on(password::verify(Secret::new("d0ra-pw"), hash.clone())));
+    assert!(!rt.block_on(password::verify(Secret::new("d0ra-pW"), hash)));
+}
+
+/// `msg` with the `token` metadata.
+fn with<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("token", token.parse().expect("ascii token"));
+    req
+}
+
+/// The first `$2a$` hash (60 bytes) in `bytes`.
+fn find_bcrypt_hash(bytes: &[u8]) -> Option<String> {
+    bytes
+        .windows(60)
+        .find(|w| w.starts_with(b"$2a$") && w.iter().all(|b| b.is_ascii_graphic()))
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+}
+
+/// etcd 3.4.23 bugs not run against etcd: a RoleGrantPermission without a permission panics
+/// it on every restart (etcd-io/etcd#13086), a nested txn is not checked at all
+/// (GHSA-rfx7-8w68-q57q). Coffer answers as fixed etcd does.
+#[test]
+#[ignore = "auth service not wired yet"]
+fn coffer_refuses_what_etcd_3_4_crashes_on() {
+    use coffer_proto::auth_client::AuthClient;
+    use coffer_proto::kv_client::KvClient;
+    use coffer_proto::{
+        request_op, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthenticateRequest,
+        PutRequest, RequestOp, TxnRequest,
+    };
+    let coffer = CofferProcess::start(CofferOptions::default()).expect("start coffer");
+    let endpoint = coffer.endpoint();
+    let ctl = |args: &[&str]| {
+        let out = etcdctl::run(&endpoint, args, None).expect("etcdctl");
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    };
+    ctl(&["user", "add", "root:rootpw"]);
+    ctl(&["user", "add", "alice:alicepw"]);
+    ctl(&["role", "add", "r"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "r",
+        "readwrite",
+        "/a/",
+        "--prefix",
+    ]);
+    ctl(&["user", "grant-role", "alice", "r"]);
+    ctl(&["auth", "enable"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = coffer_conformance::client::connect(&endpoint)
+            .await
+            .expect("connect");
+        let mut auth = AuthClient::new(channel.clone());
+        let login = auth.clone();
+        let token = |name: &str, password: &str| {
+            let mut auth = login.clone();
+            let (name, password) = (name.to_owned(), password.to_owned());
+            async move {
+                auth.authenticate(AuthenticateRequest { name, password })
+                    .await
+                    .expect("authenticate")
+                    .into_inner()
+                    .token
+            }
+        };
+        let root = token("root", "rootpw").await;
+        let _ = auth
+            .role_add(with(&root, AuthRoleAddRequest { name: "p".into() }))
+            .await;
+        let status = auth
+            .role_grant_permission(with(
+                &root,
+                AuthRoleGrantPermissionRequest {
+                    name: "p".into(),
+                    perm: None,
+                },
+            ))
+            .await
+            .expect_err("no permission given");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "etcdserver: permission not given");
+
+        let alice = token("alice", "alicepw").await;
+        let put = |key: &str| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let nested = TxnRequest {
+            compare: vec![],
+            success: vec![
+                put("/a/ok"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(TxnRequest {
+                        compare: vec![],
+                        success: vec![put("/b/forbidden")],
+                        failure: vec![],
+                    })),
+                },
+            ],
+            failure: vec![],
+        };
+        let status = KvClient::new(channel)
+            .txn(with(&alice, nested))
+            .await
+            .expect_err("nested write outside alice's range");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), "etcdserver: permission denied");
+    });
+}
