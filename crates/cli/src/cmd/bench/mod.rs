@@ -567,9 +567,16 @@ mod tests {
             clients: 1,
             dial_timeout: Duration::from_secs(1),
             output: OutputFormat::Json,
+            cacert: None,
+            cert: None,
+            key_file: None,
+            user: parse_user("u:secret-pw").ok(),
             workload: Workload::LeaseKeepalive(LeaseKeepaliveArgs { total: 1 }),
         };
-        let v: serde_json::Value = serde_json::from_str(&r.json("watch", &args)).unwrap();
+        assert!(!format!("{args:?}").contains("secret-pw"));
+        let json = r.json("watch", &args);
+        assert!(!json.contains("secret-pw"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["missed"], 3);
         assert_eq!(v["failed"], true);
         assert_eq!(v["ok"], 1);
