@@ -10,8 +10,9 @@
 //! 3.4.23 has a bug that 3.5 fixed. etcd bugs that would crash or need a gRPC client are not run
 //! against etcd: `coffer_refuses_what_etcd_3_4_crashes_on` checks the 3.5 answers on Coffer only.
 //!
-//! The etcd bcrypt hash check reads a user's hash from an etcd snapshot and checks it with
-//! Coffer's `password::verify`.
+//! Compatibility of the pieces with etcd itself: a user's bcrypt hash read from an etcd
+//! snapshot checks with Coffer's `password::verify`, and JWT tokens go both ways (etcd's
+//! verify in Coffer's provider, Coffer's are accepted by etcd, a forged one is refused).
 
 use std::path::PathBuf;
 
@@ -708,5 +709,130 @@ fn coffer_refuses_what_etcd_3_4_crashes_on() {
             .expect_err("nested write outside alice's range");
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
         assert_eq!(status.message(), "etcdserver: permission denied");
+    });
+}
+
+/// JWT tokens are interchangeable with etcd's: a token etcd issues (RS256) is read by Coffer's
+/// provider with the same keys, and a token Coffer's provider issues is accepted by etcd.
+#[test]
+fn jwt_tokens_cross_check_with_etcd() {
+    use coffer_proto::auth_client::AuthClient;
+    use coffer_proto::kv_client::KvClient;
+    use coffer_proto::{AuthenticateRequest, PutRequest, RangeRequest};
+    use coffer_server::auth::token::{JwtSpec, JwtTokens, TokenProvider};
+
+    let keys = tempfile::tempdir().expect("tempdir");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(keys.path())
+            .output()
+            .expect("openssl CLI");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "jwt.key",
+    ]);
+    openssl(&["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+    let (private, public) = (keys.path().join("jwt.key"), keys.path().join("jwt.pub"));
+    let spec = format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=10m",
+        public.display(),
+        private.display()
+    );
+    let etcd = EtcdProcess::start_with(coffer_conformance::EtcdOptions {
+        extra_args: vec!["--auth-token".into(), spec],
+    })
+    .expect("start etcd with JWT tokens");
+    let endpoint = etcd.endpoint();
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["put", "/k", "v"],
+        &["auth", "enable"],
+    ] {
+        let out = etcdctl::run(&endpoint, args, None).expect("etcdctl");
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let coffer = JwtTokens::load(&JwtSpec {
+        sign_method: "RS256".into(),
+        pub_key: Some(public),
+        priv_key: Some(private),
+        ttl: std::time::Duration::from_secs(600),
+        unknown: vec![],
+    })
+    .expect("load the same keys");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = coffer_conformance::client::connect(&endpoint)
+            .await
+            .expect("connect");
+        let etcd_token = AuthClient::new(channel.clone())
+            .authenticate(AuthenticateRequest {
+                name: "root".into(),
+                password: "rootpw".into(),
+            })
+            .await
+            .expect("authenticate")
+            .into_inner()
+            .token;
+        let info = coffer.info(&etcd_token).expect("Coffer reads etcd's token");
+        assert_eq!(&*info.user, "root");
+        let revision = info.auth_revision.expect("a JWT carries its revision");
+        assert!(revision >= 1);
+
+        let ours = coffer.assign("root", revision).expect("sign");
+        let mut kv = KvClient::new(channel);
+        let got = kv
+            .range(with(
+                ours.expose(),
+                RangeRequest {
+                    key: b"/k".to_vec(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("etcd accepts Coffer's token")
+            .into_inner();
+        assert_eq!(got.kvs.len(), 1);
+        // A token for another user, signed with another key, is refused by etcd.
+        let other_key = keys.path().join("other.key");
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "other.key",
+        ]);
+        let forger = JwtTokens::load(&JwtSpec {
+            sign_method: "RS256".into(),
+            pub_key: None,
+            priv_key: Some(other_key),
+            ttl: std::time::Duration::from_secs(600),
+            unknown: vec![],
+        })
+        .expect("load");
+        let forged = forger.assign("root", revision).expect("sign");
+        let status = kv
+            .put(with(
+                forged.expose(),
+                PutRequest {
+                    key: b"/k".to_vec(),
+                    value: b"forged".to_vec(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("a token signed with another key");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(status.message(), "etcdserver: invalid auth token");
     });
 }
