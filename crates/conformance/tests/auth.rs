@@ -362,7 +362,8 @@ fn auth_flow(endpoint: &str) -> Transcript {
     let lease = granted["stdout"]
         .as_str()
         .and_then(|s| s.split_whitespace().nth(1))
-        .expect("lease id in `lease grant` output")
+        // A server that failed the grant still gets the rest of the flow, for the report.
+        .unwrap_or("ffffffffffff")
         .to_owned();
     f.root(
         "root put /b/leased with lease",
