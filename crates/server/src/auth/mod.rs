@@ -4,9 +4,12 @@
 //! log line per denied request ([`denial`]). The users, roles and permissions themselves live
 //! in the store.
 //!
+//! [`authenticate`] joins the limit, the password check and the token for `Authenticate`.
+//!
 //! Secrets (passwords, tokens) travel in [`Secret`], whose `Debug` prints a redaction, and
 //! never appear in an error or a log line.
 
+pub mod authenticate;
 pub mod denial;
 pub mod identity;
 pub mod password;
@@ -28,6 +31,10 @@ pub enum AuthError {
     /// Wrong password or unknown user (the two are not told apart).
     #[error("etcdserver: authentication failed, invalid user ID or password")]
     AuthFailed,
+    /// A password was given for a user created with `no_password` (etcd sends this text,
+    /// outside its error table, as UNKNOWN).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// Too many failed authentications for this user name or from this address: refused
     /// before the password is checked. Coffer's own (etcd has no such limit).
     #[error("etcdserver: too many failed authentications, retry in {retry_after_secs}s")]
@@ -54,7 +61,9 @@ impl AuthError {
             AuthError::AuthFailed => Code::InvalidArgument,
             AuthError::TooManyFailures { .. } => Code::ResourceExhausted,
             // etcd sends errors outside its table as UNKNOWN with the raw text.
-            AuthError::PasswordTooLong | AuthError::VerifyOnly => Code::Unknown,
+            AuthError::PasswordTooLong | AuthError::VerifyOnly | AuthError::NoPasswordUser => {
+                Code::Unknown
+            }
             AuthError::Internal => Code::Internal,
         }
     }

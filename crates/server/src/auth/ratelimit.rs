@@ -1,5 +1,5 @@
 //! A limit on failed authentications (Coffer's own; etcd has none): per user name and per
-//! client IP address, a token bucket of [`DEFAULT_BURST`] attempts that refills one attempt
+//! client IP address (IPv6 by /64, the block one host usually holds), a token bucket of [`DEFAULT_BURST`] attempts that refills one attempt
 //! per [`DEFAULT_REFILL`]. An attempt takes one token from both buckets *before* the password
 //! is checked, so a refused attempt costs no bcrypt work; a successful one gives its tokens
 //! back, so users who type their password right are never limited.
@@ -33,6 +33,20 @@ struct Bucket {
     /// Attempts available at `at` (fractions accrue between refills).
     tokens: f64,
     at: Instant,
+}
+
+/// The address a bucket is kept for: IPv4 as is (also when mapped into IPv6), IPv6 cut to
+/// its /64.
+fn address_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 /// The failed-authentication limiter.
@@ -112,7 +126,7 @@ impl FailureLimiter {
     pub fn begin(&self, user: &str, addr: Option<IpAddr>) -> Result<Attempt<'_>, AuthError> {
         let now = self.clock.now();
         let mut keys = vec![Key::User(user.into())];
-        keys.extend(addr.map(Key::Addr));
+        keys.extend(addr.map(|a| Key::Addr(address_key(a))));
         let mut buckets = self.lock();
         let levels: Vec<f64> = keys
             .iter()
@@ -231,6 +245,22 @@ mod tests {
         }
         assert!(l.begin("u6", ip("10.9.9.9")).is_err());
         drop(l.begin("u6", ip("10.9.9.8")).unwrap());
+    }
+
+    #[test]
+    fn ipv6_is_limited_by_its_64_block() {
+        let (_clock, l) = limiter(100);
+        for i in 0..5 {
+            let a = format!("2001:db8:1:2::{i:x}");
+            drop(l.begin(&format!("user{i}"), ip(&a)).unwrap());
+        }
+        assert!(l.begin("user9", ip("2001:db8:1:2:ffff::1")).is_err());
+        drop(l.begin("user9", ip("2001:db8:1:3::1")).unwrap());
+        // An IPv4-mapped address shares the IPv4 address's bucket.
+        for i in 0..5 {
+            drop(l.begin(&format!("v4user{i}"), ip("10.1.1.1")).unwrap());
+        }
+        assert!(l.begin("v4user9", ip("::ffff:10.1.1.1")).is_err());
     }
 
     #[test]
