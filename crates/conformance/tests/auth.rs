@@ -10,8 +10,9 @@
 //! 3.4.23 has a bug that 3.5 fixed. etcd bugs that would crash or need a gRPC client are not run
 //! against etcd: `coffer_refuses_what_etcd_3_4_crashes_on` checks the 3.5 answers on Coffer only.
 //!
-//! Compatibility of the pieces with etcd itself: a user's bcrypt hash read from an etcd
-//! snapshot checks with Coffer's `password::verify`, and JWT tokens go both ways (etcd's
+//! Compatibility of the pieces with etcd itself: bcrypt hashes go both ways (etcd's, read from
+//! a snapshot, check in Coffer; Coffer's, patched into a snapshot that etcd is restored from,
+//! let the user log in to etcd), and JWT tokens go both ways (etcd's
 //! verify in Coffer's provider, Coffer's are accepted by etcd, a forged one is refused).
 
 use std::path::PathBuf;
@@ -836,4 +837,82 @@ fn jwt_tokens_cross_check_with_etcd() {
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "etcdserver: invalid auth token");
     });
+}
+
+/// A hash made by Coffer is accepted by etcd (Go's bcrypt): it replaces a user's hash in an
+/// etcd snapshot (same length, so the bbolt page stays valid), etcd is restored from it, and
+/// the user logs in with Coffer's password.
+#[test]
+fn coffer_password_hashes_verify_in_etcd() {
+    use coffer_server::auth::password::{self, BcryptCost};
+    use coffer_server::auth::Secret;
+
+    let mut etcd = EtcdProcess::start().expect("start etcd");
+    let endpoint = etcd.endpoint();
+    let ctl = |args: &[&str]| etcdctl::run(&endpoint, args, None).expect("etcdctl");
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "dora:placeholder"],
+        &["put", "/k", "v"],
+    ] {
+        let out = ctl(args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("s.db");
+    let out = ctl(&["snapshot", "save", &snap.to_string_lossy()]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ours = rt
+        .block_on(password::hash(
+            Secret::new("made-by-coffer"),
+            BcryptCost::default(),
+        ))
+        .expect("hash");
+    assert!(ours.starts_with("$2a$10$") && ours.len() == 60, "{ours}");
+    // authpb.User: field 1 name "dora", field 2 password (60 bytes).
+    let mut bytes = std::fs::read(&snap).expect("snapshot");
+    let marker = b"\x0a\x04dora\x12\x3c";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("dora's record in authUsers")
+        + marker.len();
+    assert!(bytes[at..].starts_with(b"$2a$10$"));
+    bytes[at..at + 60].copy_from_slice(ours.as_bytes());
+    std::fs::write(&snap, &bytes).expect("write snapshot");
+
+    etcd.kill();
+    let data = etcd.data_dir().to_owned();
+    std::fs::remove_dir_all(&data).expect("remove data dir");
+    let out = etcdctl::run(
+        &endpoint,
+        &[
+            "snapshot",
+            "restore",
+            &snap.to_string_lossy(),
+            "--data-dir",
+            &data.to_string_lossy(),
+            "--name",
+            "conformance",
+            "--initial-cluster",
+            "conformance=http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--skip-hash-check",
+        ],
+        None,
+    )
+    .expect("etcdctl");
+    assert_eq!(out.code, 0, "{out:?}");
+    etcd.restart()
+        .expect("etcd restarts from the patched snapshot");
+    let out = ctl(&["auth", "enable"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = ctl(&["--user=dora:made-by-coffer", "user", "get", "dora"]);
+    assert_eq!(out.code, 0, "etcd accepts Coffer's hash: {out:?}");
+    assert!(out.stdout.contains("User: dora"), "{out:?}");
+    let out = ctl(&["--user=dora:placeholder", "user", "get", "dora"]);
+    assert_ne!(out.code, 0, "the old password is gone: {out:?}");
 }
