@@ -1,5 +1,6 @@
 //! What `serve` needs to know: listen addresses, what to advertise, the request limits and the
-//! identity the response headers carry. TLS and authentication will slot in here (`tls`).
+//! identity the response headers carry, and the authentication settings (`auth`). TLS will slot
+//! in here (`tls`).
 
 use std::net::SocketAddr;
 

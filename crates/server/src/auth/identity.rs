@@ -56,6 +56,22 @@ pub fn resolve_caller(
     Ok(Caller::Anonymous)
 }
 
+/// [`resolve_caller`] for a request, with the [`Peer`] the transport attached to it.
+pub fn caller_of<T>(
+    request: &tonic::Request<T>,
+    tokens: &dyn TokenProvider,
+    client_cert_auth: bool,
+    current_auth_revision: u64,
+) -> Result<Caller, AuthError> {
+    resolve_caller(
+        request.metadata(),
+        &Peer::of(request),
+        tokens,
+        client_cert_auth,
+        current_auth_revision,
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -139,6 +155,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(caller, Caller::user("alice", 4));
+    }
+
+    #[test]
+    fn a_request_carries_its_peer() {
+        let t = tokens();
+        let mut req = tonic::Request::new(());
+        assert_eq!(caller_of(&req, &t, true, 1).unwrap(), Caller::Anonymous);
+        req.extensions_mut().insert(tls_peer(Some("dave")));
+        assert_eq!(
+            caller_of(&req, &t, true, 1).unwrap(),
+            Caller::user("dave", 1)
+        );
     }
 
     #[test]
