@@ -1,5 +1,6 @@
 //! What `serve` needs to know: listen addresses, what to advertise, the request limits and the
-//! identity the response headers carry. TLS and authentication will slot in here (`tls`).
+//! identity the response headers carry, and the authentication settings (`auth`). TLS will slot
+//! in here (`tls`).
 
 use std::net::SocketAddr;
 
@@ -52,6 +53,29 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct TlsConfig {}
 
+/// Authentication settings: `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `--auth-token` (default `simple`).
+    pub token: crate::auth::token::TokenSpec,
+    /// `--auth-token-ttl`: lifetime of a simple token after its last use (default 300 s).
+    pub token_ttl: std::time::Duration,
+    /// `--bcrypt-cost` (default 10).
+    pub bcrypt_cost: crate::auth::password::BcryptCost,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token: crate::auth::token::TokenSpec::Simple,
+            token_ttl: std::time::Duration::from_secs(
+                crate::auth::token::DEFAULT_AUTH_TOKEN_TTL_SECS,
+            ),
+            bcrypt_cost: crate::auth::password::BcryptCost::default(),
+        }
+    }
+}
+
 /// Everything `serve` needs besides the store.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -88,6 +112,8 @@ pub struct ServerConfig {
     pub max_watchers: usize,
     /// Maintenance.Snapshot calls served at once; more get `etcdserver: too many requests`.
     pub max_concurrent_snapshots: usize,
+    /// Authentication settings.
+    pub auth: AuthConfig,
 }
 
 impl ServerConfig {
@@ -109,6 +135,7 @@ impl ServerConfig {
             max_watchers_per_stream: DEFAULT_MAX_WATCHERS_PER_STREAM,
             max_watchers: DEFAULT_MAX_WATCHERS,
             max_concurrent_snapshots: DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
+            auth: AuthConfig::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! [`serve`] binds every listen URL and serves until the shutdown future completes, then
 //! drains the open requests.
 
+pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod config;

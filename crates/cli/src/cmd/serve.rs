@@ -129,6 +129,15 @@ pub struct Args {
         value_parser = parse_interval
     )]
     pub watch_progress_notify_interval: std::time::Duration,
+    /// Auth token type: `simple`, or `jwt,pub-key=<pem>,priv-key=<pem>,sign-method=<alg>,ttl=<dur>`.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Lifetime in seconds of a simple auth token after its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = coffer_server::auth::token::DEFAULT_AUTH_TOKEN_TTL_SECS)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of stored password hashes (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = coffer_server::auth::password::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
     /// kube-apiserver's EncryptionConfiguration (YAML or JSON); keys no rule covers still use
     /// the default key.
     #[arg(long)]
@@ -195,6 +204,7 @@ pub(crate) struct Plan {
     watch_progress_notify_interval: std::time::Duration,
     config: Option<PathBuf>,
     etcd_prefix: String,
+    auth: coffer_server::config::AuthConfig,
 }
 
 impl Plan {
@@ -274,6 +284,7 @@ impl Plan {
                 args.etcd_prefix
             );
         }
+        let auth = resolve_auth(args)?;
         Ok(Plan {
             name: args.name.clone(),
             data_dir: data_abs,
@@ -292,8 +303,21 @@ impl Plan {
             watch_progress_notify_interval: args.watch_progress_notify_interval,
             config: args.encryption_provider_config.clone(),
             etcd_prefix: args.etcd_prefix.clone(),
+            auth,
         })
     }
+}
+
+/// `--auth-token`, `--auth-token-ttl` and `--bcrypt-cost`, checked (JWT key files loaded).
+fn resolve_auth(args: &Args) -> anyhow::Result<coffer_server::config::AuthConfig> {
+    use coffer_server::auth::{password::BcryptCost, token};
+    let auth = coffer_server::config::AuthConfig {
+        token: token::TokenSpec::parse(&args.auth_token)?,
+        token_ttl: std::time::Duration::from_secs(args.auth_token_ttl),
+        bcrypt_cost: BcryptCost::new(args.bcrypt_cost).map_err(anyhow::Error::msg)?,
+    };
+    token::new_provider(&auth.token, auth.token_ttl)?;
+    Ok(auth)
 }
 
 /// A positive Go duration (`5s`, `1m30s`, `500ms`), as etcd's duration flags take.
@@ -595,6 +619,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.max_watchers = plan.max_watchers;
     config.max_concurrent_snapshots = plan.max_concurrent_snapshots;
     config.watch_progress_notify_interval = plan.watch_progress_notify_interval;
+    config.auth = plan.auth.clone();
 
     // Without the handlers a SIGTERM would kill the process without the drain and the final
     // commit: refuse to serve rather than serve without a clean stop.
@@ -738,6 +763,7 @@ mod tests {
         assert_eq!(args.quota_backend_bytes, 0);
         assert_eq!(args.etcd_prefix, "/registry");
         let plan = Plan::resolve(&args).unwrap();
+        assert_eq!(plan.auth, coffer_server::config::AuthConfig::default());
         assert!(plan.data_dir.ends_with("default.coffer"));
         assert_eq!(plan.advertise, plan.listen);
     }
@@ -755,6 +781,53 @@ mod tests {
         .unwrap();
         assert_eq!(args.listen_client_urls.len(), 2);
         assert_eq!(args.quota_backend_bytes, -1);
+    }
+
+    #[test]
+    fn auth_flags_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hs.key");
+        std::fs::write(&key, b"secret").unwrap();
+        let jwt = format!("jwt,priv-key={},sign-method=HS512,ttl=1m", key.display());
+        let args = parse(&[
+            "--default-key-file",
+            "/tmp/k",
+            "--auth-token",
+            &jwt,
+            "--auth-token-ttl",
+            "30",
+            "--bcrypt-cost",
+            "4",
+        ])
+        .unwrap();
+        let plan = Plan::resolve(&args).unwrap();
+        assert!(matches!(
+            plan.auth.token,
+            coffer_server::auth::token::TokenSpec::Jwt(_)
+        ));
+        assert_eq!(plan.auth.token_ttl, std::time::Duration::from_secs(30));
+        assert_eq!(plan.auth.bcrypt_cost.get(), 4);
+        for (flag, value, needle) in [
+            ("--bcrypt-cost", "3", "--bcrypt-cost 3 is out of range"),
+            ("--bcrypt-cost", "32", "--bcrypt-cost 32"),
+            ("--auth-token", "jwt2", "invalid auth options"),
+            ("--auth-token", "jwt,sign-method=HS256", "missing key data"),
+            (
+                "--auth-token",
+                "jwt,sign-method=XS1,priv-key=/k",
+                "signature method",
+            ),
+            (
+                "--auth-token",
+                "jwt,sign-method=RS256,priv-key=/nonexistent",
+                "/nonexistent",
+            ),
+            ("--auth-token-ttl", "0", "--auth-token-ttl must be positive"),
+        ] {
+            let args = parse(&["--default-key-file", "/tmp/k", flag, value]).unwrap();
+            let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
+            assert!(err.contains(needle), "{flag} {value}: {err}");
+        }
     }
 
     #[test]

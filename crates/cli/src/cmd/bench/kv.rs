@@ -4,6 +4,7 @@
 //! Every request is timed on its own; a failed request counts as an error and its latency is
 //! not recorded. `--rate` spaces request i at `i / rate` seconds after the start.
 
+use super::Conn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use coffer_proto::kv_client::KvClient;
 use coffer_proto::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
-use tonic::transport::Channel;
 
 use super::{
     count_errors, dial_all, random_bytes, spawn_progress, stop_progress, varint_key, Args, Report,
@@ -265,7 +265,7 @@ pub(super) async fn drive(
 
 #[allow(clippy::too_many_arguments)]
 async fn client_loop(
-    mut kv: KvClient<Channel>,
+    mut kv: KvClient<Conn>,
     next: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     generator: Arc<Generator>,

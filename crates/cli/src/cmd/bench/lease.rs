@@ -5,6 +5,7 @@
 //! response; a response with TTL ≤ 0 (lease unknown or expired) counts as an error. The leases
 //! are revoked at the end.
 
+use super::Conn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,6 @@ use anyhow::Context;
 use coffer_proto::lease_client::LeaseClient;
 use coffer_proto::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use super::{count_errors, dial_all, spawn_progress, stop_progress, Args, Report};
 
@@ -71,7 +71,7 @@ fn status_text(s: &tonic::Status) -> String {
 
 /// One client: grant, keep-alives over one stream, revoke.
 async fn client_loop(
-    mut client: LeaseClient<Channel>,
+    mut client: LeaseClient<Conn>,
     next: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     total: u64,

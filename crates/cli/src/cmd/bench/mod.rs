@@ -8,7 +8,9 @@
 //! This module holds the flags, the dispatch and the report; the workloads live in [`kv`]
 //! (put, range, txn-put), [`watch`] (event delivery to many watchers) and [`lease`]
 //! (keep-alives). Connections are spread over the endpoints round-robin; client or stream i
-//! uses connection i mod `--conns`.
+//! uses connection i mod `--conns`. With etcd's `--cacert`/`--cert`/`--key` the connections use
+//! TLS (an endpoint without a scheme then means `https://`); with `--user name:password` each
+//! connection authenticates once and sends the token with every request.
 
 mod kv;
 mod lease;
@@ -21,7 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 pub use kv::{PutArgs, RangeArgs, TxnPutArgs};
 pub use lease::LeaseKeepaliveArgs;
@@ -51,6 +55,18 @@ pub struct Args {
     /// Report format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Verify the servers' certificates with this CA bundle (PEM); turns TLS on.
+    #[arg(long, global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for TLS; needs --key.
+    #[arg(long, global = true)]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long = "key", id = "tls_key", global = true)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// `username:password`: each connection calls Authenticate once and sends the token.
+    #[arg(long, global = true, value_parser = parse_user)]
+    pub user: Option<Credentials>,
     /// The workload.
     #[command(subcommand)]
     pub workload: Workload,
@@ -81,6 +97,45 @@ pub enum Workload {
     /// Each client grants one lease (TTL 100) and renews it over one KeepAlive stream;
     /// latency of each keep-alive request → response.
     LeaseKeepalive(LeaseKeepaliveArgs),
+}
+
+/// `--user`: a name and a password, the password never printed.
+#[derive(Clone)]
+pub struct Credentials {
+    name: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({:?}, <redacted>)", self.name)
+    }
+}
+
+fn parse_user(s: &str) -> Result<Credentials, String> {
+    match s.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok(Credentials {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        }),
+        _ => Err("expected name:password".to_owned()),
+    }
+}
+
+/// A connection that adds the `token` metadata (when authenticated) to every request.
+pub(crate) type Conn = InterceptedService<Channel, TokenInterceptor>;
+
+/// Adds the auth token of its connection to each request.
+#[derive(Clone)]
+pub(crate) struct TokenInterceptor(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// Parses `1s`, `500ms`, `2m` or a plain number of seconds.
@@ -182,28 +237,80 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Opens one gRPC connection.
-async fn dial(endpoint: &str, timeout: Duration) -> anyhow::Result<Channel> {
+/// The TLS settings of `--cacert`, `--cert` and `--key`, if any is given.
+fn tls_config(args: &Args) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    let mut on = false;
+    if let Some(ca) = &args.cacert {
+        tls = tls.ca_certificate(Certificate::from_pem(read("--cacert", ca)?));
+        on = true;
+    }
+    match (&args.cert, &args.key_file) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read("--cert", cert)?,
+                read("--key", key)?,
+            ));
+            on = true;
+        }
+        (None, None) => {}
+        _ => bail!("--cert and --key go together"),
+    }
+    Ok(on.then_some(tls))
+}
+
+/// Opens one gRPC connection and, with `--user`, authenticates on it.
+async fn dial(endpoint: &str, args: &Args, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Conn> {
+    let timeout = args.dial_timeout;
     let url = if endpoint.contains("://") {
         endpoint.to_string()
+    } else if tls.is_some() {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     };
-    let ep = Endpoint::from_shared(url.clone())
+    let mut ep = Endpoint::from_shared(url.clone())
         .with_context(|| format!("invalid endpoint {endpoint:?}"))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
-    ep.connect()
+    if let Some(tls) = tls {
+        ep = ep
+            .tls_config(tls.clone())
+            .with_context(|| format!("TLS settings for {url}"))?;
+    }
+    let channel = ep
+        .connect()
         .await
-        .with_context(|| format!("cannot connect to {url} within {timeout:?}"))
+        .with_context(|| format!("cannot connect to {url} within {timeout:?}"))?;
+    let token = match &args.user {
+        None => None,
+        Some(user) => {
+            let reply = coffer_proto::auth_client::AuthClient::new(channel.clone())
+                .authenticate(coffer_proto::AuthenticateRequest {
+                    name: user.name.clone(),
+                    password: user.password.clone(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+                .with_context(|| format!("cannot authenticate as {:?} at {url}", user.name))?;
+            let token = MetadataValue::try_from(reply.into_inner().token)
+                .context("the server's auth token is not ASCII")?;
+            Some(token)
+        }
+    };
+    Ok(InterceptedService::new(channel, TokenInterceptor(token)))
 }
 
 /// Opens `--conns` connections, spread over the endpoints round-robin.
-async fn dial_all(args: &Args) -> anyhow::Result<Vec<Channel>> {
+async fn dial_all(args: &Args) -> anyhow::Result<Vec<Conn>> {
+    let tls = tls_config(args)?;
     let mut channels = Vec::with_capacity(args.conns);
     for i in 0..args.conns {
         let ep = &args.endpoints[i % args.endpoints.len()];
-        channels.push(dial(ep, args.dial_timeout).await?);
+        channels.push(dial(ep, args, tls.as_ref()).await?);
     }
     Ok(channels)
 }
@@ -460,9 +567,16 @@ mod tests {
             clients: 1,
             dial_timeout: Duration::from_secs(1),
             output: OutputFormat::Json,
+            cacert: None,
+            cert: None,
+            key_file: None,
+            user: parse_user("u:secret-pw").ok(),
             workload: Workload::LeaseKeepalive(LeaseKeepaliveArgs { total: 1 }),
         };
-        let v: serde_json::Value = serde_json::from_str(&r.json("watch", &args)).unwrap();
+        assert!(!format!("{args:?}").contains("secret-pw"));
+        let json = r.json("watch", &args);
+        assert!(!json.contains("secret-pw"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["missed"], 3);
         assert_eq!(v["failed"], true);
         assert_eq!(v["ok"], 1);

@@ -14,6 +14,7 @@
 //! event), and per watcher the events missed, duplicated or unexpected. Any of those, or a
 //! failed put, makes the run fail (exit status 1).
 
+use super::Conn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use coffer_proto::{
     watch_request::RequestUnion, PutRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch as signal};
-use tonic::transport::Channel;
 
 use super::{
     count_errors, dial_all, parse_duration, spawn_progress, stop_progress, varint_key, Args,
@@ -345,7 +345,7 @@ fn round3(x: f64) -> f64 {
 
 /// One putter: takes put indexes from `next` until `put_total`, stamps and sends them.
 async fn put_loop(
-    mut kv: KvClient<Channel>,
+    mut kv: KvClient<Conn>,
     plan: Arc<Plan>,
     next: Arc<AtomicU64>,
     rate: u64,
@@ -382,7 +382,7 @@ async fn put_loop(
 /// told to stop.
 async fn stream_task(
     s: usize,
-    mut client: WatchClient<Channel>,
+    mut client: WatchClient<Conn>,
     plan: Arc<Plan>,
     delivered: Arc<AtomicU64>,
     mut stop: signal::Receiver<bool>,
