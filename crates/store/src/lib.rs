@@ -21,6 +21,7 @@
 // log), `state` (what readers and the writer share), `txn` and `plan` (the pure step), `watch`
 // and `history`, `writer` (the thread), `snapshot` and `embedded` (the store).
 pub mod alarm;
+pub mod auth;
 pub mod backend;
 pub mod caller;
 pub mod disk;
@@ -43,6 +44,7 @@ pub mod watch;
 pub mod writer;
 
 pub use alarm::AlarmChange;
+pub use auth::{AuthChange, AuthChanged, AuthState};
 pub use backend::{Backend, StoreStatus};
 pub use caller::Caller;
 pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_MAX_LEASES, DEFAULT_QUOTA_BYTES};

@@ -64,6 +64,13 @@ pub trait History: Send + Sync + 'static {
     /// `prev_kv` when the previous version is still in history.
     fn read(&self, key: &[u8], range_end: &[u8], from: i64, max: i64)
         -> Result<HistoryRead, Error>;
+
+    /// Whether `caller` may watch `[key, range_end)` (READ on it, against the current auth
+    /// state). A refusal cancels the create with etcd's reason. Default: allowed.
+    fn authorize(&self, caller: &crate::Caller, key: &[u8], range_end: &[u8]) -> Result<(), Error> {
+        let _ = (caller, key, range_end);
+        Ok(())
+    }
 }
 
 /// What a history read found.
@@ -545,12 +552,27 @@ impl std::fmt::Debug for WatchStream {
 }
 
 impl WatchStream {
-    /// Creates a watcher (`watch_id` 0 = server-assigned) and queues its created response,
-    /// or the refusal. Returns the id, or `None` when refused. Created responses go out in
-    /// call order; a stream whose client is gone returns `None`.
-    pub async fn create(&mut self, mut spec: WatchSpec, watch_id: i64) -> Option<i64> {
+    /// Creates a watcher for `caller` (`watch_id` 0 = server-assigned) and queues its created
+    /// response, or the refusal (first the caller's READ permission on the range, as etcd).
+    /// Returns the id, or `None` when refused. Created responses go out in call order; a
+    /// stream whose client is gone returns `None`.
+    pub async fn create(
+        &mut self,
+        mut spec: WatchSpec,
+        watch_id: i64,
+        caller: &crate::Caller,
+    ) -> Option<i64> {
         if spec.key.is_empty() {
             spec.key = vec![0];
+        }
+        if let Err(e) = self
+            .hub
+            .history
+            .authorize(caller, &spec.key, &spec.range_end)
+        {
+            let revision = self.hub.revision();
+            self.refuse(&crate::auth::watch_refusal(&e), revision).await;
+            return None;
         }
         let range_empty = !spec.range_end.is_empty()
             && spec.range_end != [0]
