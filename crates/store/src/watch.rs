@@ -1166,7 +1166,7 @@ mod recent_tests {
         let history = Arc::new(CountingHistory::default());
         let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
         let (mut ws, mut rx) = hub.open_stream(1);
-        ws.create(spec(0), 0).await;
+        ws.create(spec(0), 0, &crate::Caller::Internal).await;
         assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
         wait_synced(&hub).await;
         // Room for one notice: revision 2 goes out live, 3 (or 4, when this test took 2 in
@@ -1203,7 +1203,7 @@ mod recent_tests {
         let history = Arc::new(CountingHistory::default());
         let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
         let (mut first, mut first_rx) = hub.open_stream(16);
-        first.create(spec(0), 0).await;
+        first.create(spec(0), 0, &crate::Caller::Internal).await;
         assert!(matches!(
             first_rx.recv().await,
             Some(Notice::Created { .. })
@@ -1212,7 +1212,7 @@ mod recent_tests {
         feed(&hub, &history, Some(vec![2, 3, 4]), 4);
         // Memory holds 2..=4, but a new watcher's start must be checked against compaction.
         let (mut second, mut rx) = hub.open_stream(16);
-        second.create(spec(3), 0).await;
+        second.create(spec(3), 0, &crate::Caller::Internal).await;
         assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
         assert_eq!(next_revisions(&mut rx).await, vec![3, 4]);
         assert_eq!(history.reads.load(Ordering::SeqCst), 1);
@@ -1226,7 +1226,7 @@ mod recent_tests {
         let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
         let (mut ws, mut rx) = hub.open_stream(16);
         for _ in 0..3 {
-            ws.create(spec(0), 0).await;
+            ws.create(spec(0), 0, &crate::Caller::Internal).await;
             assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
         }
         wait_synced(&hub).await;
