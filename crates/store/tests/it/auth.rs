@@ -402,3 +402,38 @@ async fn only_admins_change_auth_once_enabled() {
     let again = s.auth_change(&Caller::user("root", rev + 1), AuthChange::Enable).await.unwrap();
     assert_eq!(again.auth_revision, rev + 1);
 }
+
+/// The auth state goes into a snapshot's `auth`, `authUsers` and `authRoles` buckets and
+/// comes back whole on restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_keeps_the_auth_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    setup(&s).await;
+    change(
+        &s,
+        AuthChange::UserAdd {
+            name: "cn-only".into(),
+            password_hash: None,
+            no_password: true,
+        },
+    )
+    .await;
+    let file = dir.path().join("snap.db");
+    s.snapshot_to(&file).unwrap();
+    let restored = tempfile::tempdir().unwrap();
+    let target = restored.path().join("data");
+    let info = coffer_store::snapshot::restore(
+        &file,
+        &target,
+        std::sync::Arc::new(XorTestSealer),
+        coffer_store::snapshot::RestoreOptions {
+            skip_hash_check: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((info.users, info.roles), (3, 4));
+    let r = open(&target);
+    assert_eq!(*r.auth_view(), *s.auth_view());
+}
