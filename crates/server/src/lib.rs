@@ -11,11 +11,12 @@
 //! drains the open requests.
 
 pub mod authority;
+pub mod caller;
 pub mod cluster;
 pub mod config;
 pub mod errors;
-pub mod http;
 mod hash;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;

@@ -136,7 +136,9 @@ pub struct User {
 impl User {
     /// Whether the user holds the root role.
     pub fn is_root(&self) -> bool {
-        self.roles.binary_search_by(|r| r.as_str().cmp(ROOT)).is_ok()
+        self.roles
+            .binary_search_by(|r| r.as_str().cmp(ROOT))
+            .is_ok()
     }
 
     /// To `authpb.User` (the snapshot's `authUsers` value).
@@ -189,7 +191,11 @@ impl Role {
         let name = String::from_utf8(r.name).map_err(|_| "a role name is not UTF-8".to_string())?;
         Ok(Role {
             name,
-            permissions: r.key_permission.iter().map(Permission::from_proto).collect(),
+            permissions: r
+                .key_permission
+                .iter()
+                .map(Permission::from_proto)
+                .collect(),
         })
     }
 }
@@ -359,7 +365,9 @@ pub fn covers<'a>(
     key: &[u8],
     range_end: &[u8],
 ) -> bool {
-    let (begin, want) = interval(key, range_end).or_else(|| interval(key, &[])).unwrap_or_default();
+    let (begin, want) = interval(key, range_end)
+        .or_else(|| interval(key, &[]))
+        .unwrap_or_default();
     let mut ivs: Vec<(Vec<u8>, Option<Vec<u8>>)> =
         perms.filter_map(|(k, e)| interval(k, e)).collect();
     ivs.sort();
@@ -668,7 +676,8 @@ impl AuthState {
         let n = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("is truncated"))?);
         for _ in 0..n {
             let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad("is truncated"))?);
-            let u = authpb::User::decode(take(len as usize)?).map_err(|_| bad("holds a bad user"))?;
+            let u =
+                authpb::User::decode(take(len as usize)?).map_err(|_| bad("holds a bad user"))?;
             let u = User::from_proto(u).map_err(|e| bad(&e))?;
             st.users.insert(u.name.clone(), u);
         }

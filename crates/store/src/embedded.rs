@@ -21,6 +21,7 @@ use coffer_proto::{
 };
 use tokio::sync::oneshot;
 
+use crate::auth::{AuthChange, AuthChanged, AuthState, PermType};
 use crate::engine::{Engine, EngineOptions, RECORDS};
 use crate::history::EmbeddedHistory;
 use crate::index::Index;
@@ -32,7 +33,6 @@ use crate::sealer::Sealer;
 use crate::state::{load_value, Settings, Shared, Want};
 use crate::watch::WatchHub;
 use crate::writer::{Command, CommitListener, Writer};
-use crate::auth::{AuthChange, AuthChanged, AuthState, PermType};
 use crate::{Backend, Caller, Error, StoreStatus};
 
 pub use crate::engine::DB_FILE;
@@ -404,7 +404,10 @@ fn expiry_loop(shared: &Shared, tx: &SyncSender<Command>, stop: &mpsc::Receiver<
         let due = shared.leases().expired(Instant::now());
         for id in due {
             let (reply, rx) = oneshot::channel();
-            if tx.send(Command::revoke(id, Caller::Internal, reply)).is_err() {
+            if tx
+                .send(Command::revoke(id, Caller::Internal, reply))
+                .is_err()
+            {
                 return;
             }
             match rx.blocking_recv() {
@@ -583,11 +586,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Arc::new(Plain), StoreOptions::default()).unwrap();
         for i in 0..20 {
-            s.put(&Caller::Internal, PutRequest {
-                key: format!("k{i}").into_bytes(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            })
+            s.put(
+                &Caller::Internal,
+                PutRequest {
+                    key: format!("k{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         }

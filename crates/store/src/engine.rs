@@ -575,7 +575,10 @@ pub(crate) fn read_auth(rtxn: &ReadTransaction) -> Result<crate::auth::AuthState
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
         Err(e) => return Err(Error::Engine(format!("open auth: {e}"))),
     };
-    match t.get(AUTH_STATE).map_err(engine_err("read the auth state"))? {
+    match t
+        .get(AUTH_STATE)
+        .map_err(engine_err("read the auth state"))?
+    {
         Some(g) => crate::auth::AuthState::decode(g.value()),
         None => Ok(Default::default()),
     }

@@ -286,11 +286,13 @@ impl<'a> Planner<'a> {
             Request::Delete(req, caller, reply) => {
                 let mut rs = ReqState::new(next);
                 let res = self.permit(&caller, |_, s| permit_delete(s, &req));
-                let res = res.and_then(|()| self.delete(&mut rs, &req)).and_then(|mut resp| {
-                    resp.header = Some(header(rs.current()));
-                    self.merge(rs, 0)?;
-                    Ok(resp)
-                });
+                let res = res
+                    .and_then(|()| self.delete(&mut rs, &req))
+                    .and_then(|mut resp| {
+                        resp.header = Some(header(rs.current()));
+                        self.merge(rs, 0)?;
+                        Ok(resp)
+                    });
                 self.plan.answers.push(Answer::Delete(reply, res));
             }
             Request::Txn(mut plan, caller, reply) => {

@@ -133,9 +133,69 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::ResourceExhausted,
             "grpc: trying to send message larger than max (2147483648 vs. 2147483647)",
         ),
+        ServerError::RootUserNotExist => (
+            33,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+        ServerError::RootRoleNotExist => (
+            34,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not have root role",
+        ),
+        ServerError::UserAlreadyExist => (
+            35,
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+        ServerError::UserEmpty => (36, Code::InvalidArgument, "etcdserver: user name is empty"),
+        ServerError::UserNotFound => (
+            37,
+            Code::FailedPrecondition,
+            "etcdserver: user name not found",
+        ),
+        ServerError::RoleAlreadyExist => (
+            38,
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+        ServerError::RoleNotFound => (
+            39,
+            Code::FailedPrecondition,
+            "etcdserver: role name not found",
+        ),
+        ServerError::RoleEmpty => (40, Code::InvalidArgument, "etcdserver: role name is empty"),
+        ServerError::PermissionNotGiven => (
+            41,
+            Code::InvalidArgument,
+            "etcdserver: permission not given",
+        ),
+        ServerError::PermissionDenied => {
+            (42, Code::PermissionDenied, "etcdserver: permission denied")
+        }
+        ServerError::RoleNotGranted => (
+            43,
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+        ServerError::PermissionNotGranted => (
+            44,
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+        ServerError::InvalidAuthMgmt => (
+            45,
+            Code::InvalidArgument,
+            "etcdserver: invalid auth management",
+        ),
+        ServerError::AuthOldRevision => (
+            46,
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
     }
 }
-const VARIANTS: usize = 33;
+const VARIANTS: usize = 47;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -175,6 +235,20 @@ fn all() -> Vec<ServerError> {
             size: 2147483648,
             limit: 2147483647,
         },
+        ServerError::RootUserNotExist,
+        ServerError::RootRoleNotExist,
+        ServerError::UserAlreadyExist,
+        ServerError::UserEmpty,
+        ServerError::UserNotFound,
+        ServerError::RoleAlreadyExist,
+        ServerError::RoleNotFound,
+        ServerError::RoleEmpty,
+        ServerError::PermissionNotGiven,
+        ServerError::PermissionDenied,
+        ServerError::RoleNotGranted,
+        ServerError::PermissionNotGranted,
+        ServerError::InvalidAuthMgmt,
+        ServerError::AuthOldRevision,
     ]
 }
 
@@ -196,8 +270,7 @@ fn every_server_error_has_etcds_code_and_text() {
 fn every_store_error_maps_to_the_right_etcd_error() {
     use coffer_store::Error as E;
     let secret_value = "sensitive-plaintext";
-    let cases: Vec<(E, Code, &str)> =
-        vec![
+    let cases: Vec<(E, Code, &str)> = vec![
         (
             E::KeyNotFound,
             Code::InvalidArgument,
@@ -235,6 +308,76 @@ fn every_store_error_maps_to_the_right_etcd_error() {
         ),
         (E::Stopped, Code::Unavailable, "etcdserver: server stopped"),
         (
+            E::RootUserNotExist,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+        (
+            E::RootRoleNotExist,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not have root role",
+        ),
+        (
+            E::UserAlreadyExist,
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+        (
+            E::UserEmpty,
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+        ),
+        (
+            E::UserNotFound,
+            Code::FailedPrecondition,
+            "etcdserver: user name not found",
+        ),
+        (
+            E::RoleAlreadyExist,
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+        (
+            E::RoleNotFound,
+            Code::FailedPrecondition,
+            "etcdserver: role name not found",
+        ),
+        (
+            E::RoleEmpty,
+            Code::InvalidArgument,
+            "etcdserver: role name is empty",
+        ),
+        (
+            E::PermissionNotGiven,
+            Code::InvalidArgument,
+            "etcdserver: permission not given",
+        ),
+        (
+            E::PermissionDenied,
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+        ),
+        (
+            E::RoleNotGranted,
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+        (
+            E::PermissionNotGranted,
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+        (
+            E::InvalidAuthMgmt,
+            Code::InvalidArgument,
+            "etcdserver: invalid auth management",
+        ),
+        (
+            E::AuthOldRevision,
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
+        (
             E::DiskFull {
                 available: 1,
                 needed: 2,
@@ -258,7 +401,11 @@ fn every_store_error_maps_to_the_right_etcd_error() {
             Code::Internal,
             "coffer: a value could not be sealed (details in the server log)",
         ),
-        (E::TooManyRequests, Code::Unknown, "etcdserver: too many requests"),
+        (
+            E::TooManyRequests,
+            Code::Unknown,
+            "etcdserver: too many requests",
+        ),
         (
             E::OutcomeUnknown(format!("fdatasync failed near {secret_value}")),
             Code::Unavailable,

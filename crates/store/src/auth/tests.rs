@@ -346,7 +346,9 @@ fn who_may_change() {
     let r = st.revision;
     let c = role_add("x");
     assert_eq!(
-        st.changed_by(&Caller::Anonymous, &c).unwrap_err().to_string(),
+        st.changed_by(&Caller::Anonymous, &c)
+            .unwrap_err()
+            .to_string(),
         "user name is empty"
     );
     assert_eq!(
@@ -373,14 +375,20 @@ fn request_subjects() {
     let mut st = enabled();
     st.apply(&user_add("u")).unwrap();
     let r = st.revision;
-    let check = |c: &Caller| st.check(c, b"k", b"", PermType::Read).map_err(|e| e.to_string());
+    let check = |c: &Caller| {
+        st.check(c, b"k", b"", PermType::Read)
+            .map_err(|e| e.to_string())
+    };
     assert_eq!(check(&Caller::Internal), Ok(()));
     assert_eq!(check(&Caller::Anonymous), Err(s("user name is empty")));
     assert_eq!(
         check(&Caller::user("u", r - 1)),
         Err(s("revision of auth store is old"))
     );
-    assert_eq!(check(&Caller::user("ghost", r)), Err(s("permission denied")));
+    assert_eq!(
+        check(&Caller::user("ghost", r)),
+        Err(s("permission denied"))
+    );
     assert_eq!(check(&Caller::user("u", r)), Err(s("permission denied")));
     assert_eq!(check(&Caller::user("root", r)), Ok(()));
     // Disabled: everything goes.

@@ -31,7 +31,13 @@ async fn change(s: &EmbeddedStore, c: AuthChange) {
 /// Root, and user `u` with: READWRITE on `[a, b)`, READ on key `c`, WRITE on `[d, e)`,
 /// READ from `r` on. Auth enabled. Returns `u` as a caller at the current auth revision.
 async fn setup(s: &EmbeddedStore) -> Caller {
-    let users = [("root", "root"), ("u", "ra"), ("u", "rc"), ("u", "wd"), ("u", "rr")];
+    let users = [
+        ("root", "root"),
+        ("u", "ra"),
+        ("u", "rc"),
+        ("u", "wd"),
+        ("u", "rr"),
+    ];
     for name in ["root", "u"] {
         change(
             s,
@@ -103,11 +109,13 @@ fn op_range(k: &str) -> RequestOp {
 
 fn op_del(k: &str, prev_kv: bool) -> RequestOp {
     RequestOp {
-        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-            key: k.into(),
-            prev_kv,
-            ..Default::default()
-        })),
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: k.into(),
+                prev_kv,
+                ..Default::default()
+            },
+        )),
     }
 }
 
@@ -151,22 +159,92 @@ async fn the_permission_table_row_by_row() {
     s.put(u, put_req("d2")).await.unwrap();
     denied(s.put(u, put_req("c")).await);
     denied(s.put(u, put_req("z")).await);
-    s.put(u, PutRequest { prev_kv: true, ..put_req("a2") }).await.unwrap();
-    denied(s.put(u, PutRequest { prev_kv: true, ..put_req("d2") }).await);
+    s.put(
+        u,
+        PutRequest {
+            prev_kv: true,
+            ..put_req("a2")
+        },
+    )
+    .await
+    .unwrap();
+    denied(
+        s.put(
+            u,
+            PutRequest {
+                prev_kv: true,
+                ..put_req("d2")
+            },
+        )
+        .await,
+    );
 
     // Put onto a lease: + WRITE on every key already attached to it.
-    let lease = s.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().id;
-    s.put(INTERNAL, PutRequest { lease, ..put_req("d3") }).await.unwrap();
-    s.put(u, PutRequest { lease, ..put_req("a3") }).await.unwrap();
-    let other = s.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().id;
-    s.put(INTERNAL, PutRequest { lease: other, ..put_req("z") }).await.unwrap();
-    denied(s.put(u, PutRequest { lease: other, ..put_req("a4") }).await);
+    let lease = s
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .id;
+    s.put(
+        INTERNAL,
+        PutRequest {
+            lease,
+            ..put_req("d3")
+        },
+    )
+    .await
+    .unwrap();
+    s.put(
+        u,
+        PutRequest {
+            lease,
+            ..put_req("a3")
+        },
+    )
+    .await
+    .unwrap();
+    let other = s
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .id;
+    s.put(
+        INTERNAL,
+        PutRequest {
+            lease: other,
+            ..put_req("z")
+        },
+    )
+    .await
+    .unwrap();
+    denied(
+        s.put(
+            u,
+            PutRequest {
+                lease: other,
+                ..put_req("a4")
+            },
+        )
+        .await,
+    );
 
     // LeaseTimeToLive with keys: READ on every attached key; without keys: nothing.
     denied(s.lease_status(u, lease, true)); // d3 is write-only
     assert!(s.lease_status(u, lease, false).unwrap().is_some());
-    let readable = s.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().id;
-    s.put(INTERNAL, PutRequest { lease: readable, ..put_req("a5") }).await.unwrap();
+    let readable = s
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .id;
+    s.put(
+        INTERNAL,
+        PutRequest {
+            lease: readable,
+            ..put_req("a5")
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         s.lease_status(u, readable, true).unwrap().unwrap().keys,
         vec![b"a5".to_vec()]
@@ -189,35 +267,62 @@ async fn the_permission_table_row_by_row() {
     s.lease_revoke(u, lease).await.unwrap(); // a3, d3: both writable
 
     // Txn: READ on compares; both branches, whichever runs.
-    s.txn(u, txn(Some("c"), vec![op_range("c")], vec![op_put("a1", false)]))
-        .await
-        .unwrap();
+    s.txn(
+        u,
+        txn(Some("c"), vec![op_range("c")], vec![op_put("a1", false)]),
+    )
+    .await
+    .unwrap();
     denied(s.txn(u, txn(Some("d1"), vec![], vec![])).await);
-    denied(s.txn(u, txn(Some("c"), vec![op_range("c")], vec![op_put("z", false)])).await);
+    denied(
+        s.txn(
+            u,
+            txn(Some("c"), vec![op_range("c")], vec![op_put("z", false)]),
+        )
+        .await,
+    );
     denied(s.txn(u, txn(None, vec![op_del("c", false)], vec![])).await);
     denied(s.txn(u, txn(None, vec![op_range("d1")], vec![])).await);
     denied(s.txn(u, txn(None, vec![op_del("d1", true)], vec![])).await);
     // A Put in a txn gets the standalone checks (prev_kv needs READ).
-    s.txn(u, txn(None, vec![op_put("a1", true)], vec![])).await.unwrap();
+    s.txn(u, txn(None, vec![op_put("a1", true)], vec![]))
+        .await
+        .unwrap();
     denied(s.txn(u, txn(None, vec![op_put("d1", true)], vec![])).await);
     // Nested txns are checked (etcd 3.5.28+; 3.4 does not check them).
     let nested = |inner: TxnRequest| RequestOp {
         request: Some(request_op::Request::RequestTxn(inner)),
     };
-    s.txn(u, txn(None, vec![nested(txn(None, vec![op_put("a1", false)], vec![]))], vec![]))
-        .await
-        .unwrap();
+    s.txn(
+        u,
+        txn(
+            None,
+            vec![nested(txn(None, vec![op_put("a1", false)], vec![]))],
+            vec![],
+        ),
+    )
+    .await
+    .unwrap();
     denied(
         s.txn(
             u,
-            txn(None, vec![], vec![nested(txn(None, vec![], vec![op_put("z", false)]))]),
+            txn(
+                None,
+                vec![],
+                vec![nested(txn(None, vec![], vec![op_put("z", false)]))],
+            ),
         )
         .await,
     );
 
     // Compact: no check at all (as etcd), even anonymous.
     let cur = s.current_revision();
-    s.compact(CompactionRequest { revision: cur, physical: false }).await.unwrap();
+    s.compact(CompactionRequest {
+        revision: cur,
+        physical: false,
+    })
+    .await
+    .unwrap();
 
     // Watch create: READ on the range; a refusal is a cancelled create with etcd's reason.
     let hub = std::sync::Arc::clone(s.hub());
@@ -228,7 +333,10 @@ async fn the_permission_table_row_by_row() {
         ..Default::default()
     };
     assert_eq!(ws.create(spec("a", "b"), 0, u).await, Some(0));
-    assert!(matches!(rx.recv().await, Some(Notice::Created { watch_id: 0, .. })));
+    assert!(matches!(
+        rx.recv().await,
+        Some(Notice::Created { watch_id: 0, .. })
+    ));
     assert_eq!(ws.create(spec("d", "e"), 0, u).await, None);
     match rx.recv().await {
         Some(Notice::Refused { reason, .. }) => assert_eq!(
@@ -250,7 +358,13 @@ async fn the_permission_table_row_by_row() {
     let root = &Caller::user("root", s.auth_view().revision);
     s.put(root, put_req("z")).await.unwrap();
     s.range(root, rr("\0", "\0")).await.unwrap();
-    denied(s.put(&Caller::user("ghost", s.auth_view().revision), put_req("a1")).await);
+    denied(
+        s.put(
+            &Caller::user("ghost", s.auth_view().revision),
+            put_req("a1"),
+        )
+        .await,
+    );
     let r = s.put(&Caller::Anonymous, put_req("a1")).await;
     assert!(matches!(r, Err(Error::UserEmpty)), "{r:?}");
     let r = s.range(&Caller::Anonymous, rr("a1", "")).await;
@@ -266,13 +380,25 @@ async fn a_request_from_before_an_auth_change_is_refused() {
     let u = setup(&s).await;
     s.put(&u, put_req("a1")).await.unwrap();
     // Any change, even one unrelated to `u`.
-    change(&s, AuthChange::RoleAdd { name: "other".into() }).await;
+    change(
+        &s,
+        AuthChange::RoleAdd {
+            name: "other".into(),
+        },
+    )
+    .await;
     for r in [
         s.put(&u, put_req("a1")).await.map(|_| ()),
         s.range(&u, rr("a1", "")).await.map(|_| ()),
-        s.delete_range(&u, DeleteRangeRequest { key: b"a1".to_vec(), ..Default::default() })
-            .await
-            .map(|_| ()),
+        s.delete_range(
+            &u,
+            DeleteRangeRequest {
+                key: b"a1".to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|_| ()),
         s.txn(&u, txn(Some("a1"), vec![], vec![])).await.map(|_| ()),
     ] {
         assert!(matches!(r, Err(Error::AuthOldRevision)), "{r:?}");
@@ -293,7 +419,10 @@ async fn a_denied_request_leaves_nothing_behind() {
     let before = s.current_revision();
     // Allowed put first, then a denied op: the whole txn is refused.
     let r = s
-        .txn(&u, txn(None, vec![op_put("a1", false), op_put("z", false)], vec![]))
+        .txn(
+            &u,
+            txn(None, vec![op_put("a1", false), op_put("z", false)], vec![]),
+        )
         .await;
     denied(r);
     assert_eq!(s.current_revision(), before);
@@ -303,7 +432,11 @@ async fn a_denied_request_leaves_nothing_behind() {
     for i in 0..20 {
         let (s, u) = (std::sync::Arc::clone(&s), u.clone());
         tasks.push(tokio::spawn(async move {
-            let k = if i % 2 == 0 { format!("a{i}") } else { format!("z{i}") };
+            let k = if i % 2 == 0 {
+                format!("a{i}")
+            } else {
+                format!("z{i}")
+            };
             s.put(&u, put_req(&k)).await.map(|_| ())
         }));
     }
@@ -377,9 +510,15 @@ async fn a_store_without_auth_opens_disabled() {
     assert!(!s.auth_enabled());
     assert_eq!(s.auth_view().revision, 1);
     s.put(&Caller::Anonymous, put_req("k")).await.unwrap();
-    s.range(&Caller::Anonymous, RangeRequest { key: b"k".to_vec(), ..Default::default() })
-        .await
-        .unwrap();
+    s.range(
+        &Caller::Anonymous,
+        RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// Who may change auth, through the store: anyone while disabled, then admins only.
@@ -394,12 +533,22 @@ async fn only_admins_change_auth_once_enabled() {
     assert!(matches!(r, Err(Error::PermissionDenied)), "{r:?}");
     let r = s.auth_change(&Caller::Anonymous, c()).await;
     assert!(matches!(r, Err(Error::UserEmpty)), "{r:?}");
-    assert_eq!(s.auth_view().revision, rev, "a refused change bumps nothing");
-    let done = s.auth_change(&Caller::user("root", rev), c()).await.unwrap();
+    assert_eq!(
+        s.auth_view().revision,
+        rev,
+        "a refused change bumps nothing"
+    );
+    let done = s
+        .auth_change(&Caller::user("root", rev), c())
+        .await
+        .unwrap();
     assert_eq!(done.auth_revision, rev + 1);
     assert_eq!(done.revision, s.current_revision());
     // A no-op answers the unchanged revision.
-    let again = s.auth_change(&Caller::user("root", rev + 1), AuthChange::Enable).await.unwrap();
+    let again = s
+        .auth_change(&Caller::user("root", rev + 1), AuthChange::Enable)
+        .await
+        .unwrap();
     assert_eq!(again.auth_revision, rev + 1);
 }
 

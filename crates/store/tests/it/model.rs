@@ -125,12 +125,15 @@ async fn run(ops: Vec<Op>) {
         match op {
             Op::Put(k, v) => {
                 let r = s
-                    .put(&coffer_store::Caller::Internal, PutRequest {
-                        key: key(k),
-                        value: vec![v; 3],
-                        prev_kv: true,
-                        ..Default::default()
-                    })
+                    .put(
+                        &coffer_store::Caller::Internal,
+                        PutRequest {
+                            key: key(k),
+                            value: vec![v; 3],
+                            prev_kv: true,
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .unwrap();
                 let prev = m.cur().get(&key(k)).cloned();
@@ -141,11 +144,14 @@ async fn run(ops: Vec<Op>) {
             Op::Delete(k, e) => {
                 let end = end_of(e);
                 let r = s
-                    .delete_range(&coffer_store::Caller::Internal, DeleteRangeRequest {
-                        key: key(k),
-                        range_end: end.clone(),
-                        prev_kv: true,
-                    })
+                    .delete_range(
+                        &coffer_store::Caller::Internal,
+                        DeleteRangeRequest {
+                            key: key(k),
+                            range_end: end.clone(),
+                            prev_kv: true,
+                        },
+                    )
                     .await
                     .unwrap();
                 let prev: Vec<KeyValue> = m

@@ -63,10 +63,13 @@ async fn closed_store_answers_stopped() {
     let s = open(d.path());
     s.close();
     assert!(matches!(
-        s.put(&coffer_store::Caller::Internal, coffer_proto::PutRequest {
-            key: "a".into(),
-            ..Default::default()
-        })
+        s.put(
+            &coffer_store::Caller::Internal,
+            coffer_proto::PutRequest {
+                key: "a".into(),
+                ..Default::default()
+            }
+        )
         .await,
         Err(coffer_store::Error::Stopped)
     ));
