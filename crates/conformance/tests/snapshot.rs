@@ -520,20 +520,43 @@ async fn auth_survives_etcd_to_coffer_to_etcd_snapshots() {
     let ep = etcd.endpoint();
     let ctl = |ep: &str, args: &[&str]| {
         let out = etcdctl::run(ep, args, None).unwrap();
-        assert_eq!(out.code, 0, "etcdctl {args:?}: {}\n{}", out.stdout, out.stderr);
+        assert_eq!(
+            out.code, 0,
+            "etcdctl {args:?}: {}\n{}",
+            out.stdout, out.stderr
+        );
         out.stdout
     };
     ctl(&ep, &["user", "add", "root:rootpw"]);
     ctl(&ep, &["role", "add", "ra"]);
-    ctl(&ep, &["role", "grant-permission", "ra", "readwrite", "/a/", "--prefix"]);
-    ctl(&ep, &["role", "grant-permission", "ra", "read", "/c", "--from-key"]);
+    ctl(
+        &ep,
+        &[
+            "role",
+            "grant-permission",
+            "ra",
+            "readwrite",
+            "/a/",
+            "--prefix",
+        ],
+    );
+    ctl(
+        &ep,
+        &["role", "grant-permission", "ra", "read", "/c", "--from-key"],
+    );
     ctl(&ep, &["user", "add", "alice:alicepw"]);
     ctl(&ep, &["user", "grant-role", "alice", "ra"]);
     ctl(&ep, &["auth", "enable"]);
     let from_etcd = tmp.path().join("etcd.db");
     ctl(
         &ep,
-        &["--user", "root:rootpw", "snapshot", "save", from_etcd.to_str().unwrap()],
+        &[
+            "--user",
+            "root:rootpw",
+            "snapshot",
+            "save",
+            from_etcd.to_str().unwrap(),
+        ],
     );
     let etcd_auth = auth_buckets(&read_buckets(&fs::read(&from_etcd).unwrap()));
     assert_eq!(etcd_auth.0.len(), 2, "{:?}", etcd_auth.0);
@@ -552,7 +575,12 @@ async fn auth_survives_etcd_to_coffer_to_etcd_snapshots() {
         "--default-key-file",
         coffer.key_file().to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     coffer.restart().unwrap();
     // Auth is enabled in the restored Coffer: a request without a user is refused.
     let mut kv = KvClient::new(connect(&coffer.endpoint()).await.unwrap());
@@ -572,12 +600,22 @@ async fn auth_survives_etcd_to_coffer_to_etcd_snapshots() {
     let restored = etcd_from_snapshot(&from_coffer, tmp.path());
     let rep = restored.endpoint.as_str();
     let users = ctl(rep, &["--user", "root:rootpw", "user", "list"]);
-    assert_eq!(users.split_whitespace().collect::<Vec<_>>(), ["alice", "root"]);
+    assert_eq!(
+        users.split_whitespace().collect::<Vec<_>>(),
+        ["alice", "root"]
+    );
     let role = ctl(rep, &["--user", "root:rootpw", "role", "get", "ra"]);
-    assert!(role.contains("[/a/, /a0)") && role.contains("[/c, <open ended>"), "{role}");
+    assert!(
+        role.contains("[/a/, /a0)") && role.contains("[/c, <open ended>"),
+        "{role}"
+    );
     ctl(rep, &["--user", "alice:alicepw", "put", "/a/k", "v"]);
     let out = etcdctl::run(rep, &["--user", "alice:alicepw", "put", "/b", "v"], None).unwrap();
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
     let out = etcdctl::run(rep, &["--user", "alice:wrong", "get", "/a/k"], None).unwrap();
-    assert!(out.stderr.contains("authentication failed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("authentication failed"),
+        "{}",
+        out.stderr
+    );
 }

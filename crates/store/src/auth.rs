@@ -5,15 +5,17 @@
 //! How the server uses it (the store does the rest):
 //! - **Changes**: build an [`AuthChange`] (passwords as bcrypt hashes, hashed by the server:
 //!   the store keeps them as opaque bytes and never logs them) and call
-//!   [`crate::EmbeddedStore::auth_change`]`(caller, change)`. It checks the caller ([`AuthState::check_admin`]:
+//!   [`crate::Backend::auth_change`]`(caller, change)`. It checks the caller ([`AuthState::check_admin`]:
 //!   anyone while auth is disabled, else the root role), applies the change
 //!   ([`AuthState::apply`]) and commits it durably through the writer and the log, then answers
 //!   [`AuthChanged`] (the new auth revision and the keyspace revision for the header).
 //!   Every change that changes something bumps the auth revision; a no-op (enabling when
 //!   enabled, disabling when disabled, granting a role the user has) does not.
-//! - **Reads**: [`crate::EmbeddedStore::auth_view`] is an `Arc<AuthState>` snapshot: enabled, revision,
+//! - **Reads**: [`crate::Backend::auth_view`] is an `Arc<AuthState>` snapshot: enabled, revision,
 //!   users and roles by name, [`AuthState::is_admin`]. `Authenticate` checks a password against
 //!   [`User::password_hash`] and stamps the caller with [`AuthState::revision`].
+//! - **Admin-only RPCs** the store does not run (UserList, RoleGet, Defragment, Snapshot, …):
+//!   `auth_view().check_admin(&caller)`, etcd's `IsAdminPermitted`.
 //! - **Requests**: every KV, lease and watch call takes a [`Caller`]. The writer checks writes
 //!   against the auth state *as it applies them* ([`AuthState::subject`] then
 //!   [`Subject::allows`]), so a request authenticated before an auth change is refused with
@@ -22,7 +24,11 @@
 //! Ranges: a permission's empty `range_end` is its single key, `"\0"` is every key from `key`
 //! on, anything else `[key, range_end)`. A request's range is covered when the union of the
 //! user's intervals of the wanted type contains all of it (a READWRITE permission counts as
-//! both). The root role is allowed everything.
+//! both). The root role is allowed everything. A request range whose end is at or before its
+//! key (it matches nothing) is checked as its key alone.
+//!
+//! One difference from etcd 3.5: `AuthEnable` bumps the auth revision (etcd's does not); no
+//! token exists while auth is disabled, so nothing a client holds is affected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -270,7 +276,7 @@ pub enum AuthChange {
     },
 }
 
-/// What a successful [`crate::EmbeddedStore::auth_change`] answers.
+/// What a successful [`crate::Backend::auth_change`] answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthChanged {
     /// The auth revision after the change.
