@@ -581,6 +581,8 @@ async fn auth_survives_etcd_to_coffer_to_etcd_snapshots() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("2 users, 2 roles"), "{summary}");
     coffer.restart().unwrap();
     // Auth is enabled in the restored Coffer: a request without a user is refused.
     let mut kv = KvClient::new(connect(&coffer.endpoint()).await.unwrap());
