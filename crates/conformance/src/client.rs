@@ -60,6 +60,8 @@ pub fn probe(endpoint: &str) -> bool {
                 };
                 match kv.range(req).await {
                     Ok(_) => true,
+                    // Auth is enabled and the probe names no user: the server is serving.
+                    Err(s) if s.message() == "etcdserver: user name is empty" => true,
                     Err(s) if s.code() == tonic::Code::Unimplemented => MaintenanceClient::new(ch)
                         .status(StatusRequest {})
                         .await

@@ -127,6 +127,48 @@ pub enum ServerError {
     /// Stored data failed its checksum. Details stay in the server log.
     #[error("coffer: stored data is damaged (details in the server log)")]
     Corrupt,
+    /// AuthEnable without a user `root`.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while user `root` lacks role `root`.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// UserAdd of an existing name.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// An empty user name, or no user while auth is enabled.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// A user that does not exist.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of an existing name.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// A role that does not exist.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// An empty role name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// RoleGrantPermission without a permission.
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    /// The caller lacks the permission the request needs.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not hold.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Removing root's rights while auth is enabled; an invalid permission range.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// The request was authenticated before the last auth change.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     /// The store's lease limit is reached.
     #[error("coffer: too many leases; revoke unused leases or raise --max-leases")]
     TooManyLeases,
@@ -166,6 +208,20 @@ impl ServerError {
             ServerError::Stopped | ServerError::Timeout | ServerError::WritesStopped => {
                 Code::Unavailable
             }
+            ServerError::RootUserNotExist
+            | ServerError::RootRoleNotExist
+            | ServerError::UserAlreadyExist
+            | ServerError::UserNotFound
+            | ServerError::RoleAlreadyExist
+            | ServerError::RoleNotFound
+            | ServerError::RoleNotGranted
+            | ServerError::PermissionNotGranted => Code::FailedPrecondition,
+            ServerError::UserEmpty
+            | ServerError::RoleEmpty
+            | ServerError::PermissionNotGiven
+            | ServerError::InvalidAuthMgmt
+            | ServerError::AuthOldRevision => Code::InvalidArgument,
+            ServerError::PermissionDenied => Code::PermissionDenied,
             ServerError::Corrupt => Code::DataLoss,
             ServerError::Unsealable | ServerError::Unsealed | ServerError::Engine => Code::Internal,
         }
@@ -207,6 +263,20 @@ impl From<coffer_store::Error> for ServerError {
                 tracing::error!(error = %err, "a value could not be sealed");
                 ServerError::Unsealed
             }
+            E::RootUserNotExist => ServerError::RootUserNotExist,
+            E::RootRoleNotExist => ServerError::RootRoleNotExist,
+            E::UserAlreadyExist => ServerError::UserAlreadyExist,
+            E::UserEmpty => ServerError::UserEmpty,
+            E::UserNotFound => ServerError::UserNotFound,
+            E::RoleAlreadyExist => ServerError::RoleAlreadyExist,
+            E::RoleNotFound => ServerError::RoleNotFound,
+            E::RoleEmpty => ServerError::RoleEmpty,
+            E::PermissionNotGiven => ServerError::PermissionNotGiven,
+            E::PermissionDenied => ServerError::PermissionDenied,
+            E::RoleNotGranted => ServerError::RoleNotGranted,
+            E::PermissionNotGranted => ServerError::PermissionNotGranted,
+            E::InvalidAuthMgmt => ServerError::InvalidAuthMgmt,
+            E::AuthOldRevision => ServerError::AuthOldRevision,
             E::TooManyRequests => ServerError::TooManyRequests,
             E::TooManyLeases { .. } => ServerError::TooManyLeases,
             E::OutcomeUnknown(_) => {

@@ -48,14 +48,19 @@ pub(crate) async fn hash_keyspace<B: Backend>(
     let mut digest = Sha256::new();
     let mut from = vec![0u8];
     loop {
+        // The server's own read of the whole keyspace: who may ask for the hash is the
+        // Maintenance service's check (admin), not a key permission.
         let page = backend
-            .range(RangeRequest {
-                key: from.clone(),
-                range_end: vec![0],
-                revision: at,
-                limit: PAGE,
-                ..Default::default()
-            })
+            .range(
+                &coffer_store::Caller::Internal,
+                RangeRequest {
+                    key: from.clone(),
+                    range_end: vec![0],
+                    revision: at,
+                    limit: PAGE,
+                    ..Default::default()
+                },
+            )
             .await?;
         for kv in &page.kvs {
             for field in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {

@@ -15,6 +15,7 @@ use coffer_store::{quota, AlarmChange, Backend};
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, instrument, warn};
 
+use crate::caller::caller_of;
 use crate::errors::ServerError;
 use crate::state::Shared;
 use crate::validate;
@@ -83,6 +84,7 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         debug!(
             key_len = req.key.len(),
@@ -93,7 +95,11 @@ impl<B: Backend> Kv for KvService<B> {
         );
         validate::range(&req)?;
         let sort_check = validate::range_sort_target(&req);
-        let mut resp = self.backend.range(req).await.map_err(ServerError::from)?;
+        let mut resp = self
+            .backend
+            .range(&caller, req)
+            .await
+            .map_err(ServerError::from)?;
         // etcd finds a bad sort target only after the read (revision errors come first).
         sort_check?;
         self.shared.stamp(&mut resp.header);
@@ -104,6 +110,7 @@ impl<B: Backend> Kv for KvService<B> {
 
     #[instrument(skip_all, name = "kv.put")]
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         debug!(
             key_len = req.key.len(),
@@ -118,7 +125,7 @@ impl<B: Backend> Kv for KvService<B> {
         if self.backend.no_space() {
             return Err(ServerError::NoSpace.into());
         }
-        let mut resp = match self.backend.put(req).await {
+        let mut resp = match self.backend.put(&caller, req).await {
             Ok(r) => r,
             Err(e) => return Err(self.failed(e).await.into()),
         };
@@ -131,6 +138,7 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         debug!(
             key_len = req.key.len(),
@@ -141,7 +149,7 @@ impl<B: Backend> Kv for KvService<B> {
         validate::request_size(&req, self.shared.config.max_request_bytes)?;
         let mut resp = self
             .backend
-            .delete_range(req)
+            .delete_range(&caller, req)
             .await
             .map_err(ServerError::from)?;
         self.shared.stamp(&mut resp.header);
@@ -151,6 +159,7 @@ impl<B: Backend> Kv for KvService<B> {
 
     #[instrument(skip_all, name = "kv.txn")]
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         debug!(
             compares = req.compare.len(),
@@ -166,7 +175,7 @@ impl<B: Backend> Kv for KvService<B> {
         if self.backend.no_space() && validate::txn_has_put(&req) {
             return Err(ServerError::NoSpace.into());
         }
-        let mut resp = match self.backend.txn(req).await {
+        let mut resp = match self.backend.txn(&caller, req).await {
             Ok(r) => r,
             Err(e) => return Err(self.failed(e).await.into()),
         };

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
+use crate::caller::caller_of;
 use crate::errors::ServerError;
 use crate::state::Shared;
 
@@ -84,11 +85,12 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = caller_of(&request);
         let id = request.into_inner().id;
         debug!(id, "lease revoke");
         let mut resp = self
             .backend
-            .lease_revoke(id)
+            .lease_revoke(&caller, id)
             .await
             .map_err(ServerError::from)?;
         self.shared.stamp(&mut resp.header);
@@ -120,9 +122,14 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let revision = self.revision().await?;
-        let resp = match self.backend.lease_status(req.id) {
+        let status = self
+            .backend
+            .lease_status(&caller, req.id, req.keys)
+            .map_err(ServerError::from)?;
+        let resp = match status {
             Some(st) => LeaseTimeToLiveResponse {
                 header: Some(self.shared.header(revision)),
                 id: req.id,

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod authority;
+pub mod caller;
 pub mod cluster;
 pub mod config;
 pub mod errors;

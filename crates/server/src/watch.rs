@@ -16,13 +16,14 @@ use std::time::Duration;
 use coffer_proto::mvccpb::{event::EventType, Event};
 use coffer_proto::watch_create_request::FilterType;
 use coffer_proto::{watch_request::RequestUnion, watch_server::Watch, WatchRequest, WatchResponse};
-use coffer_store::{Notice, WatchHub, WatchSpec, WatchStream};
+use coffer_store::{Caller, Notice, WatchHub, WatchSpec, WatchStream};
 use futures::Stream;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
+use crate::caller::caller_of;
 use crate::state::Shared;
 
 mod merge;
@@ -78,6 +79,7 @@ async fn serve_requests(
     mut inbound: Streaming<WatchRequest>,
     interval: Duration,
     failed: tokio::sync::oneshot::Sender<Status>,
+    caller: Caller,
 ) {
     let mut ticker = tokio::time::interval(jittered(interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,7 +91,7 @@ async fn serve_requests(
                 Some(Ok(WatchRequest { request_union: Some(req) })) => match req {
                     RequestUnion::CreateRequest(c) => {
                         debug!(key_len = c.key.len(), start = c.start_revision, watch_id = c.watch_id, "watch create");
-                        stream.create(spec(&c), c.watch_id).await;
+                        stream.create(spec(&c), c.watch_id, &caller).await;
                     }
                     RequestUnion::CancelRequest(c) => stream.cancel(c.watch_id).await,
                     RequestUnion::ProgressRequest(_) => {
@@ -240,6 +242,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = caller_of(&request);
         let inbound = request.into_inner();
         let (mut stream, rx) = self.hub.open_stream(STREAM_BUFFER);
         stream.set_limits(
@@ -252,7 +255,7 @@ impl Watch for WatchService {
             .watch_progress_notify_interval
             .max(crate::config::MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(serve_requests(stream, inbound, interval, failed_tx));
+        tokio::spawn(serve_requests(stream, inbound, interval, failed_tx, caller));
         let shared = Arc::clone(&self.shared);
         let limit = shared.config.max_decoding_message_size();
         // Notices already queued are taken together and merged per watcher (merge.rs), so a

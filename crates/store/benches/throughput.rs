@@ -80,7 +80,9 @@ async fn store_loads(dir: &std::path::Path) {
         let t = run(clients, per, move |c, i| {
             let st = Arc::clone(&st);
             async move {
-                st.put(put_req(c, i)).await.unwrap();
+                st.put(&coffer_store::Caller::Internal, put_req(c, i))
+                    .await
+                    .unwrap();
             }
         })
         .await;
@@ -98,10 +100,13 @@ async fn store_loads(dir: &std::path::Path) {
             let st = Arc::clone(&st);
             async move {
                 let r = st
-                    .range(RangeRequest {
-                        key: format!("{:03}00001", c % 64).into_bytes(),
-                        ..Default::default()
-                    })
+                    .range(
+                        &coffer_store::Caller::Internal,
+                        RangeRequest {
+                            key: format!("{:03}00001", c % 64).into_bytes(),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .unwrap();
                 assert_eq!(r.kvs.len(), 1);

@@ -11,7 +11,8 @@ use coffer_proto::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 
-use crate::Error;
+use crate::auth::{AuthChange, AuthChanged, AuthState};
+use crate::{Caller, Error};
 
 /// Sizes and positions the Maintenance service reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,18 +29,31 @@ pub struct StoreStatus {
 
 /// An etcd-semantics key-value backend.
 pub trait Backend: Send + Sync + 'static {
-    /// `KV.Range`.
-    fn range(&self, req: RangeRequest)
-        -> impl Future<Output = Result<RangeResponse, Error>> + Send;
-    /// `KV.Put`. Acknowledged only once durable.
-    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Error>> + Send;
-    /// `KV.DeleteRange`. Acknowledged only once durable.
+    /// `KV.Range`: READ on the range, checked against the current auth state.
+    fn range(
+        &self,
+        caller: &Caller,
+        req: RangeRequest,
+    ) -> impl Future<Output = Result<RangeResponse, Error>> + Send;
+    /// `KV.Put`. Acknowledged only once durable. Permissions are checked as it applies.
+    fn put(
+        &self,
+        caller: &Caller,
+        req: PutRequest,
+    ) -> impl Future<Output = Result<PutResponse, Error>> + Send;
+    /// `KV.DeleteRange`. Acknowledged only once durable. Permissions are checked as it applies.
     fn delete_range(
         &self,
+        caller: &Caller,
         req: DeleteRangeRequest,
     ) -> impl Future<Output = Result<DeleteRangeResponse, Error>> + Send;
-    /// `KV.Txn`: compares evaluated on plaintext; one revision for all writes.
-    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Error>> + Send;
+    /// `KV.Txn`: compares evaluated on plaintext; one revision for all writes. Permissions
+    /// (compares, both branches, nested txns) are checked as it applies.
+    fn txn(
+        &self,
+        caller: &Caller,
+        req: TxnRequest,
+    ) -> impl Future<Output = Result<TxnResponse, Error>> + Send;
     /// `KV.Compact`.
     fn compact(
         &self,
@@ -59,12 +73,13 @@ pub trait Backend: Send + Sync + 'static {
         let _ = req;
         async { Err(Error::Engine("this backend has no leases".into())) }
     }
-    /// `Lease.LeaseRevoke`: deletes the attached keys in one revision.
+    /// `Lease.LeaseRevoke`: deletes the attached keys in one revision (WRITE on each).
     fn lease_revoke(
         &self,
+        caller: &Caller,
         id: i64,
     ) -> impl Future<Output = Result<LeaseRevokeResponse, Error>> + Send {
-        let _ = id;
+        let _ = (caller, id);
         async { Err(Error::Engine("this backend has no leases".into())) }
     }
     /// One keep-alive: renews to the granted TTL; TTL 0 for an unknown or expired lease.
@@ -72,10 +87,33 @@ pub trait Backend: Send + Sync + 'static {
         let _ = id;
         Err(Error::Engine("this backend has no leases".into()))
     }
-    /// A lease's granted and remaining TTL and keys; `None` if unknown.
-    fn lease_status(&self, id: i64) -> Option<crate::lease::LeaseStatus> {
-        let _ = id;
-        None
+    /// A lease's granted and remaining TTL and keys; `None` if unknown. With `keys` (etcd's
+    /// LeaseTimeToLive `keys=true`) the caller needs READ on every attached key.
+    fn lease_status(
+        &self,
+        caller: &Caller,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<crate::lease::LeaseStatus>, Error> {
+        let _ = (caller, id, keys);
+        Ok(None)
+    }
+    /// The auth state now (enabled, revision, users, roles).
+    fn auth_view(&self) -> std::sync::Arc<AuthState> {
+        std::sync::Arc::new(AuthState::default())
+    }
+    /// Whether auth is enabled.
+    fn auth_enabled(&self) -> bool {
+        self.auth_view().enabled
+    }
+    /// Makes an auth change for `caller` (admin while auth is enabled), durably.
+    fn auth_change(
+        &self,
+        caller: &Caller,
+        change: AuthChange,
+    ) -> impl Future<Output = Result<AuthChanged, Error>> + Send {
+        let _ = (caller, change);
+        async { Err(Error::Engine("this backend has no auth store".into())) }
     }
     /// The active alarms (etcd's `Alarm` GET with no filter).
     fn alarms(&self) -> Vec<coffer_proto::AlarmMember> {
@@ -112,21 +150,31 @@ pub trait Backend: Send + Sync + 'static {
 impl<B: Backend> Backend for std::sync::Arc<B> {
     fn range(
         &self,
+        caller: &Caller,
         req: RangeRequest,
     ) -> impl Future<Output = Result<RangeResponse, Error>> + Send {
-        (**self).range(req)
+        (**self).range(caller, req)
     }
-    fn put(&self, req: PutRequest) -> impl Future<Output = Result<PutResponse, Error>> + Send {
-        (**self).put(req)
+    fn put(
+        &self,
+        caller: &Caller,
+        req: PutRequest,
+    ) -> impl Future<Output = Result<PutResponse, Error>> + Send {
+        (**self).put(caller, req)
     }
     fn delete_range(
         &self,
+        caller: &Caller,
         req: DeleteRangeRequest,
     ) -> impl Future<Output = Result<DeleteRangeResponse, Error>> + Send {
-        (**self).delete_range(req)
+        (**self).delete_range(caller, req)
     }
-    fn txn(&self, req: TxnRequest) -> impl Future<Output = Result<TxnResponse, Error>> + Send {
-        (**self).txn(req)
+    fn txn(
+        &self,
+        caller: &Caller,
+        req: TxnRequest,
+    ) -> impl Future<Output = Result<TxnResponse, Error>> + Send {
+        (**self).txn(caller, req)
     }
     fn compact(
         &self,
@@ -148,15 +196,34 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn lease_revoke(
         &self,
+        caller: &Caller,
         id: i64,
     ) -> impl Future<Output = Result<LeaseRevokeResponse, Error>> + Send {
-        (**self).lease_revoke(id)
+        (**self).lease_revoke(caller, id)
     }
     fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
         (**self).lease_keep_alive(id)
     }
-    fn lease_status(&self, id: i64) -> Option<crate::lease::LeaseStatus> {
-        (**self).lease_status(id)
+    fn lease_status(
+        &self,
+        caller: &Caller,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<crate::lease::LeaseStatus>, Error> {
+        (**self).lease_status(caller, id, keys)
+    }
+    fn auth_view(&self) -> std::sync::Arc<AuthState> {
+        (**self).auth_view()
+    }
+    fn auth_enabled(&self) -> bool {
+        (**self).auth_enabled()
+    }
+    fn auth_change(
+        &self,
+        caller: &Caller,
+        change: AuthChange,
+    ) -> impl Future<Output = Result<AuthChanged, Error>> + Send {
+        (**self).auth_change(caller, change)
     }
     fn lease_ids(&self) -> Vec<i64> {
         (**self).lease_ids()

@@ -21,6 +21,7 @@ use coffer_proto::{
 };
 use tokio::sync::oneshot;
 
+use crate::auth::{AuthChange, AuthChanged, AuthState, PermType};
 use crate::engine::{Engine, EngineOptions, RECORDS};
 use crate::history::EmbeddedHistory;
 use crate::index::Index;
@@ -32,7 +33,7 @@ use crate::sealer::Sealer;
 use crate::state::{load_value, Settings, Shared, Want};
 use crate::watch::WatchHub;
 use crate::writer::{Command, CommitListener, Writer};
-use crate::{Backend, Error, StoreStatus};
+use crate::{Backend, Caller, Error, StoreStatus};
 
 pub use crate::engine::DB_FILE;
 
@@ -119,6 +120,7 @@ impl EmbeddedStore {
         opts: StoreOptions,
     ) -> Result<EmbeddedStore, Error> {
         let (engine, meta) = Engine::open_and_replay(data_dir, opts.engine.clone())?;
+        let auth = crate::engine::read_auth(&engine.read()?)?;
         sealer.restore_write_counts(&meta.write_counts);
 
         // Rebuild the index from the records (each checksum verified).
@@ -196,6 +198,7 @@ impl EmbeddedStore {
             sealer,
             leases,
             meta.alarms.clone(),
+            auth,
             Settings {
                 listener: opts.commit_listener,
                 quota,
@@ -401,7 +404,10 @@ fn expiry_loop(shared: &Shared, tx: &SyncSender<Command>, stop: &mpsc::Receiver<
         let due = shared.leases().expired(Instant::now());
         for id in due {
             let (reply, rx) = oneshot::channel();
-            if tx.send(Command::revoke(id, reply)).is_err() {
+            if tx
+                .send(Command::revoke(id, Caller::Internal, reply))
+                .is_err()
+            {
                 return;
             }
             match rx.blocking_recv() {
@@ -431,22 +437,32 @@ fn random_u64() -> Result<u64, Error> {
 }
 
 impl Backend for EmbeddedStore {
-    async fn range(&self, req: RangeRequest) -> Result<RangeResponse, Error> {
+    async fn range(&self, caller: &Caller, req: RangeRequest) -> Result<RangeResponse, Error> {
+        self.shared
+            .auth()
+            .check(caller, &req.key, &req.range_end, PermType::Read)?;
         self.range_now(&req)
     }
 
-    async fn put(&self, req: PutRequest) -> Result<PutResponse, Error> {
+    async fn put(&self, caller: &Caller, req: PutRequest) -> Result<PutResponse, Error> {
         let sealed = self.seal_put(&req)?;
-        self.call(|tx| Command::put(req, sealed, tx)).await
+        let caller = caller.clone();
+        self.call(|tx| Command::put(req, sealed, caller, tx)).await
     }
 
-    async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
-        self.call(|tx| Command::delete(req, tx)).await
+    async fn delete_range(
+        &self,
+        caller: &Caller,
+        req: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, Error> {
+        let caller = caller.clone();
+        self.call(|tx| Command::delete(req, caller, tx)).await
     }
 
-    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Error> {
+    async fn txn(&self, caller: &Caller, req: TxnRequest) -> Result<TxnResponse, Error> {
         let plan = crate::txn::plan_txn(req, &mut |p| self.seal_put(p))?;
-        self.call(|tx| Command::txn(plan, tx)).await
+        let caller = caller.clone();
+        self.call(|tx| Command::txn(plan, caller, tx)).await
     }
 
     async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, Error> {
@@ -465,8 +481,9 @@ impl Backend for EmbeddedStore {
         self.call(|tx| Command::LeaseGrant(req, tx)).await
     }
 
-    async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse, Error> {
-        self.call(|tx| Command::revoke(id, tx)).await
+    async fn lease_revoke(&self, caller: &Caller, id: i64) -> Result<LeaseRevokeResponse, Error> {
+        let caller = caller.clone();
+        self.call(|tx| Command::revoke(id, caller, tx)).await
     }
 
     fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, Error> {
@@ -492,8 +509,34 @@ impl Backend for EmbeddedStore {
         Some(self.shared.read_index().current)
     }
 
-    fn lease_status(&self, id: i64) -> Option<LeaseStatus> {
-        self.shared.leases().status(id, Instant::now())
+    fn lease_status(
+        &self,
+        caller: &Caller,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<LeaseStatus>, Error> {
+        let status = self.shared.leases().status(id, Instant::now());
+        if let (true, Some(st)) = (keys, &status) {
+            let auth = self.shared.auth();
+            let subject = auth.subject(caller)?;
+            for k in &st.keys {
+                subject.check(k, &[], PermType::Read)?;
+            }
+        }
+        Ok(status)
+    }
+
+    fn auth_view(&self) -> Arc<AuthState> {
+        self.shared.auth()
+    }
+
+    fn auth_enabled(&self) -> bool {
+        self.shared.auth().enabled
+    }
+
+    async fn auth_change(&self, caller: &Caller, change: AuthChange) -> Result<AuthChanged, Error> {
+        let caller = caller.clone();
+        self.call(|tx| Command::Auth(caller, change, tx)).await
     }
 
     fn alarms(&self) -> Vec<coffer_proto::AlarmMember> {
@@ -551,11 +594,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path(), Arc::new(Plain), StoreOptions::default()).unwrap();
         for i in 0..20 {
-            s.put(PutRequest {
-                key: format!("k{i}").into_bytes(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            })
+            s.put(
+                &Caller::Internal,
+                PutRequest {
+                    key: format!("k{i}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         }

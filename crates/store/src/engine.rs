@@ -35,6 +35,9 @@ use crate::Error;
 pub(crate) const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 /// Leases: id → granted TTL ‖ remaining ms at the last checkpoint ‖ checksum.
 pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+/// The auth state: `state` → the encoded [`crate::auth::AuthState`] (checksummed). Created by
+/// the first auth change; a store without it has the default state (disabled, revision 1).
+pub(crate) const AUTH: TableDefinition<&str, &[u8]> = TableDefinition::new("auth");
 /// `format` (8-byte BE i64) and `state` (the encoded [`Meta`]).
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -44,6 +47,7 @@ pub const DB_FILE: &str = "coffer.redb";
 pub(crate) const FORMAT: i64 = 2;
 const META_FORMAT: &str = "format";
 const META_STATE: &str = "state";
+const AUTH_STATE: &str = "state";
 
 /// One change to durable state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,8 @@ pub(crate) enum Op {
     },
     /// Remove a lease row.
     DelLease(i64),
+    /// Replace the auth state row (the encoded [`crate::auth::AuthState`]).
+    PutAuth(Vec<u8>),
 }
 
 /// What one commit changes: its ops, and the meta as it is after them.
@@ -121,6 +127,11 @@ impl Batch {
                     out.push(4);
                     out.extend_from_slice(&id.to_le_bytes());
                 }
+                Op::PutAuth(v) => {
+                    out.push(6);
+                    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                    out.extend_from_slice(v);
+                }
             }
         }
         let meta = self.meta.encode();
@@ -160,6 +171,7 @@ impl Batch {
                     remaining_ms: int(&mut b)?,
                 },
                 4 => Op::DelLease(int(&mut b)?),
+                6 => Op::PutAuth(bytes(&mut b)?),
                 5 => {
                     let meta = Meta::decode(&bytes(&mut b)?, file).ok()?;
                     return b.is_empty().then_some(Batch { ops, meta });
@@ -217,6 +229,12 @@ fn apply(wtxn: &redb::WriteTransaction, batch: &Batch, checkpoint: u64) -> Resul
             }
             Op::DelLease(id) => {
                 leases.remove(*id).map_err(engine_err("remove a lease"))?;
+            }
+            Op::PutAuth(v) => {
+                wtxn.open_table(AUTH)
+                    .map_err(engine_err("open auth"))?
+                    .insert(AUTH_STATE, v.as_slice())
+                    .map_err(engine_err("write the auth state"))?;
             }
         }
     }
@@ -550,6 +568,22 @@ pub(crate) fn lease_rows(rtxn: &ReadTransaction) -> Result<Vec<(i64, i64, i64)>,
     Ok(out)
 }
 
+/// The auth state of a read view (the default state when no change was ever made).
+pub(crate) fn read_auth(rtxn: &ReadTransaction) -> Result<crate::auth::AuthState, Error> {
+    let t = match rtxn.open_table(AUTH) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+        Err(e) => return Err(Error::Engine(format!("open auth: {e}"))),
+    };
+    match t
+        .get(AUTH_STATE)
+        .map_err(engine_err("read the auth state"))?
+    {
+        Some(g) => crate::auth::AuthState::decode(g.value()),
+        None => Ok(Default::default()),
+    }
+}
+
 /// The meta row of a read view.
 pub(crate) fn read_meta(rtxn: &ReadTransaction) -> Result<Meta, Error> {
     let t = rtxn.open_table(META).map_err(engine_err("open meta"))?;
@@ -641,6 +675,7 @@ mod tests {
                     remaining_ms: 9000,
                 },
                 Op::DelLease(-i),
+                Op::PutAuth(vec![i as u8; 3]),
             ],
             meta: Meta {
                 current_revision: i,

@@ -83,6 +83,50 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// AuthEnable without a user `root`.
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while user `root` lacks role `root`.
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    /// UserAdd of an existing name.
+    #[error("user name already exists")]
+    UserAlreadyExist,
+    /// An empty user name, or a request that names no user while auth is enabled.
+    #[error("user name is empty")]
+    UserEmpty,
+    /// A user that does not exist.
+    #[error("user name not found")]
+    UserNotFound,
+    /// RoleAdd of an existing name.
+    #[error("role name already exists")]
+    RoleAlreadyExist,
+    /// A role that does not exist.
+    #[error("role name not found")]
+    RoleNotFound,
+    /// An empty role name.
+    #[error("role name is empty")]
+    RoleEmpty,
+    /// RoleGrantPermission without a permission.
+    #[error("permission not given")]
+    PermissionNotGiven,
+    /// The caller lacks the permission (or the root role) the request needs.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not hold.
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Removing root's rights while auth is enabled, or a permission with an empty key or a
+    /// range end at or before its key.
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
+    /// The request was authenticated before the last auth change (etcd's
+    /// `revision of auth store is old`): the client authenticates again.
+    #[error("revision of auth store is old")]
+    AuthOldRevision,
     /// The store is shutting down.
     #[error("store stopped")]
     Stopped,

@@ -27,6 +27,12 @@ struct Found {
 }
 
 impl History for EmbeddedHistory {
+    fn authorize(&self, caller: &crate::Caller, key: &[u8], range_end: &[u8]) -> Result<(), Error> {
+        self.shared
+            .auth()
+            .check(caller, key, range_end, crate::auth::PermType::Read)
+    }
+
     fn read(
         &self,
         key: &[u8],

@@ -25,6 +25,7 @@ use coffer_proto::{
 use redb::ReadOnlyTable;
 use tokio::sync::oneshot;
 
+use crate::auth::{AuthState, PermType, Subject};
 use crate::engine::Op;
 use crate::events::{self, CommittedRevision};
 use crate::index::{Entry, Index, Mutation};
@@ -32,7 +33,7 @@ use crate::range::{self, Candidate, Collect};
 use crate::record::{Record, Rev};
 use crate::state::{load_value, Shared, Want};
 use crate::txn::{compare_kv, put_cost, TxnOp, TxnPlan};
-use crate::Error;
+use crate::{Caller, Error};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -87,12 +88,14 @@ impl Answer {
 
 /// A write request for the planner.
 pub(crate) enum Request {
-    Put(PutRequest, Option<Vec<u8>>, Reply<PutResponse>),
-    Delete(DeleteRangeRequest, Reply<DeleteRangeResponse>),
-    Txn(TxnPlan, Reply<TxnResponse>),
+    Put(PutRequest, Option<Vec<u8>>, Caller, Reply<PutResponse>),
+    Delete(DeleteRangeRequest, Caller, Reply<DeleteRangeResponse>),
+    Txn(TxnPlan, Caller, Reply<TxnResponse>),
+    /// Compaction needs no permission (as etcd).
     Compact(CompactionRequest, Reply<CompactionResponse>),
-    /// Revoke (by a client or by expiry): one revision deleting the attached keys.
-    LeaseRevoke(i64, Reply<LeaseRevokeResponse>),
+    /// Revoke (by a client, or by expiry as [`Caller::Internal`]): one revision deleting the
+    /// attached keys.
+    LeaseRevoke(i64, Caller, Reply<LeaseRevokeResponse>),
 }
 
 /// What a group would change, once committed.
@@ -111,6 +114,15 @@ pub(crate) struct GroupPlan {
     pub revoked: Option<i64>,
     /// Bytes of the records planned.
     pub bytes: u64,
+}
+
+/// DeleteRange: WRITE on the range, READ too with `prev_kv`.
+fn permit_delete(s: &Subject<'_>, d: &DeleteRangeRequest) -> Result<(), Error> {
+    s.check(&d.key, &d.range_end, PermType::Write)?;
+    if d.prev_kv {
+        s.check(&d.key, &d.range_end, PermType::Read)?;
+    }
+    Ok(())
 }
 
 /// A key's latest state as a request sees it.
@@ -191,6 +203,9 @@ pub(crate) struct Planner<'a> {
     cost: i64,
     /// Collect events for the watch hub and the listener.
     want_events: bool,
+    /// The auth state every request of the group is checked against (auth changes are
+    /// applied between groups).
+    auth: Arc<AuthState>,
     plan: GroupPlan,
 }
 
@@ -219,6 +234,7 @@ impl<'a> Planner<'a> {
             db_size: shared.db_size.load(std::sync::atomic::Ordering::Relaxed),
             cost: 0,
             want_events,
+            auth: shared.auth(),
             plan: GroupPlan {
                 ops: Vec::new(),
                 mutations: Vec::new(),
@@ -256,9 +272,10 @@ impl<'a> Planner<'a> {
     pub(crate) fn apply(&mut self, req: Request) {
         let next = self.plan.cur + 1;
         match req {
-            Request::Put(req, sealed, reply) => {
+            Request::Put(req, sealed, caller, reply) => {
                 let cost = put_cost(&req);
-                let res = self.check_quota(cost).and_then(|()| {
+                let res = self.permit(&caller, |me, s| me.permit_put(s, &req));
+                let res = res.and_then(|()| self.check_quota(cost)).and_then(|()| {
                     let mut rs = ReqState::new(next);
                     let resp = self.put(&mut rs, &req, sealed)?;
                     self.merge(rs, cost)?;
@@ -266,18 +283,22 @@ impl<'a> Planner<'a> {
                 });
                 self.plan.answers.push(Answer::Put(reply, res));
             }
-            Request::Delete(req, reply) => {
+            Request::Delete(req, caller, reply) => {
                 let mut rs = ReqState::new(next);
-                let res = self.delete(&mut rs, &req).and_then(|mut resp| {
-                    resp.header = Some(header(rs.current()));
-                    self.merge(rs, 0)?;
-                    Ok(resp)
-                });
+                let res = self.permit(&caller, |_, s| permit_delete(s, &req));
+                let res = res
+                    .and_then(|()| self.delete(&mut rs, &req))
+                    .and_then(|mut resp| {
+                        resp.header = Some(header(rs.current()));
+                        self.merge(rs, 0)?;
+                        Ok(resp)
+                    });
                 self.plan.answers.push(Answer::Delete(reply, res));
             }
-            Request::Txn(mut plan, reply) => {
+            Request::Txn(mut plan, caller, reply) => {
                 let cost = plan.cost();
-                let res = self.check_quota(cost).and_then(|()| {
+                let res = self.permit(&caller, |me, s| me.permit_txn(s, &plan));
+                let res = res.and_then(|()| self.check_quota(cost)).and_then(|()| {
                     let mut rs = ReqState::new(next);
                     let path = self.decide(&rs, &plan)?;
                     let mut resp = self.txn(&mut rs, &mut plan, &path)?;
@@ -306,11 +327,69 @@ impl<'a> Planner<'a> {
                 };
                 self.plan.answers.push(Answer::Compact(reply, res));
             }
-            Request::LeaseRevoke(id, reply) => {
-                let res = self.revoke(id);
+            Request::LeaseRevoke(id, caller, reply) => {
+                let res = self
+                    .permit(&caller, |me, s| me.permit_lease_keys(s, id))
+                    .and_then(|()| self.revoke(id));
                 self.plan.answers.push(Answer::Revoke(reply, res));
             }
         }
+    }
+
+    // ---- permissions (etcd's apply-time checks, against the group's auth state) ----------
+
+    /// Resolves `caller` against the auth state and runs `check` for it.
+    fn permit(
+        &self,
+        caller: &Caller,
+        check: impl FnOnce(&Self, &Subject<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let auth = Arc::clone(&self.auth);
+        let subject = auth.subject(caller)?;
+        match subject {
+            Subject::All => Ok(()),
+            s => check(self, &s),
+        }
+    }
+
+    /// WRITE on every key attached to lease `id` (LeaseRevoke, a Put onto the lease).
+    fn permit_lease_keys(&self, s: &Subject<'_>, id: i64) -> Result<(), Error> {
+        let keys: Vec<Vec<u8>> = match self.shared.leases().map.get(&id) {
+            Some(l) => l.keys.iter().cloned().collect(),
+            None => return Ok(()),
+        };
+        keys.iter()
+            .try_for_each(|k| s.check(k, &[], PermType::Write))
+    }
+
+    /// Put: WRITE on the key, READ too with `prev_kv`, WRITE on the target lease's keys.
+    fn permit_put(&self, s: &Subject<'_>, p: &PutRequest) -> Result<(), Error> {
+        s.check(&p.key, &[], PermType::Write)?;
+        if p.prev_kv {
+            s.check(&p.key, &[], PermType::Read)?;
+        }
+        if p.lease != 0 {
+            self.permit_lease_keys(s, p.lease)?;
+        }
+        Ok(())
+    }
+
+    /// Txn: READ on every compare; every op of both branches, nested txns included, with the
+    /// standalone checks (etcd 3.5.30+).
+    fn permit_txn(&self, s: &Subject<'_>, t: &TxnPlan) -> Result<(), Error> {
+        for c in &t.compare {
+            s.check(&c.key, &c.range_end, PermType::Read)?;
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match op {
+                TxnOp::Range(r) => s.check(&r.key, &r.range_end, PermType::Read)?,
+                TxnOp::Put(p, _) => self.permit_put(s, p)?,
+                TxnOp::Delete(d) => permit_delete(s, d)?,
+                TxnOp::Txn(t) => self.permit_txn(s, t)?,
+                TxnOp::Empty => {}
+            }
+        }
+        Ok(())
     }
 
     /// Deletes every key attached to lease `id` in one revision (sorted key order).

@@ -14,8 +14,11 @@
 //! - `meta`: `consistent_index` (8-byte big-endian; a restore rewrites it),
 //!   `scheduledCompactRev` and `finishedCompactRev` (17-byte revisions, sub 0), as etcd's mvcc
 //!   store writes them.
-//! - `alarm`, `auth`, `authRoles`, `authUsers`, `cluster`, `members`, `members_removed`: empty
-//!   (etcd creates what it needs in them when it starts; a restore replaces the membership).
+//! - `auth`: `authEnabled` (1 byte, 1 or 0) and `authRevision` (8-byte big-endian), as etcd's
+//!   auth store keeps them; `authUsers`: user name → `authpb.User` (the bcrypt hash as etcd
+//!   stores it); `authRoles`: role name → `authpb.Role`.
+//! - `alarm`, `cluster`, `members`, `members_removed`: empty (etcd creates what it needs in them
+//!   when it starts; a restore replaces the membership).
 //!
 //! Everything comes from ONE engine read transaction (records, counters and lease rows are one
 //! consistent state). [`SnapshotFile`] is built in a temporary file in the data directory
@@ -23,7 +26,7 @@
 //! SHA-256 of all the bytes, the stream `etcdctl snapshot save` expects.
 //!
 //! [`restore`] reads such a file (from Coffer or from etcd) back into a fresh data directory:
-//! same records, revisions, compaction state and leases. It checks that every value opens with
+//! same records, revisions, compaction state, leases and auth state. It checks that every value opens with
 //! the given sealer before anything is served, so restoring with the wrong key fails at once,
 //! naming the key (never the value).
 //!
@@ -37,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use coffer_proto::authpb;
 use coffer_proto::mvccpb::KeyValue;
 use prost::Message;
 use redb::ReadableTable;
@@ -57,16 +61,13 @@ pub const HASH_LEN: usize = 32;
 const BUCKET_KEY: &[u8] = b"key";
 const BUCKET_META: &[u8] = b"meta";
 const BUCKET_LEASE: &[u8] = b"lease";
-/// Buckets etcd keeps that Coffer leaves empty.
-const EMPTY_BUCKETS: [&[u8]; 7] = [
-    b"alarm",
-    b"auth",
-    b"authRoles",
-    b"authUsers",
-    b"cluster",
-    b"members",
-    b"members_removed",
-];
+const BUCKET_AUTH: &[u8] = b"auth";
+const BUCKET_AUTH_USERS: &[u8] = b"authUsers";
+const BUCKET_AUTH_ROLES: &[u8] = b"authRoles";
+const AUTH_ENABLED: &[u8] = b"authEnabled";
+const AUTH_REVISION: &[u8] = b"authRevision";
+/// Buckets etcd keeps that Coffer leaves empty, after `alarm` (bbolt order: by name).
+const EMPTY_BUCKETS: [&[u8]; 3] = [b"cluster", b"members", b"members_removed"];
 const META_CONSISTENT_INDEX: &[u8] = b"consistent_index";
 const META_SCHEDULED: &[u8] = b"scheduledCompactRev";
 const META_FINISHED: &[u8] = b"finishedCompactRev";
@@ -116,6 +117,10 @@ pub struct RestoreInfo {
     pub values: u64,
     /// Leases copied.
     pub leases: u64,
+    /// Auth users copied.
+    pub users: u64,
+    /// Auth roles copied.
+    pub roles: u64,
 }
 
 /// Options of [`restore`].
@@ -273,7 +278,26 @@ pub(crate) fn write<W: Write + Seek>(shared: &Shared, out: W) -> Result<(W, Snap
         compact_revision: scheduled.unwrap_or(0).max(0),
         ..Default::default()
     };
+    let auth = engine::read_auth(&rtxn)?;
     let mut w = coffer_bbolt::Writer::new(out).map_err(bbolt_err)?;
+    w.bucket(b"alarm").map_err(bbolt_err)?;
+    w.bucket(BUCKET_AUTH).map_err(bbolt_err)?;
+    w.put(AUTH_ENABLED, &[u8::from(auth.enabled)])
+        .map_err(bbolt_err)?;
+    w.put(AUTH_REVISION, &auth.revision.to_be_bytes())
+        .map_err(bbolt_err)?;
+    // BTreeMaps: already in key order.
+    w.bucket(BUCKET_AUTH_ROLES).map_err(bbolt_err)?;
+    for (name, role) in &auth.roles {
+        w.put(name.as_bytes(), &role.to_proto().encode_to_vec())
+            .map_err(bbolt_err)?;
+    }
+    w.bucket(BUCKET_AUTH_USERS).map_err(bbolt_err)?;
+    for (name, user) in &auth.users {
+        w.put(name.as_bytes(), &user.to_proto().encode_to_vec())
+            .map_err(bbolt_err)?;
+    }
+    let auth_entries = 2 + auth.roles.len() as u64 + auth.users.len() as u64;
     for name in EMPTY_BUCKETS {
         w.bucket(name).map_err(bbolt_err)?;
     }
@@ -351,7 +375,7 @@ pub(crate) fn write<W: Write + Seek>(shared: &Shared, out: W) -> Result<(W, Snap
     for (k, v) in &metas {
         w.put(k, v).map_err(bbolt_err)?;
     }
-    info.total_entries = info.records + info.leases + metas.len() as u64;
+    info.total_entries = info.records + info.leases + metas.len() as u64 + auth_entries;
 
     let txid = u64::try_from(current).unwrap_or(1).max(1);
     let mut out = w.finish(txid).map_err(bbolt_err)?;
@@ -854,6 +878,14 @@ fn restore_into(
         }
     }
 
+    let auth = read_auth(&mut reader).map_err(|e| match e {
+        AuthReadError::Bbolt(e) => bbolt(e),
+        AuthReadError::Format(what) => bad(what),
+    })?;
+    info.users = auth.users.len() as u64;
+    info.roles = auth.roles.len() as u64;
+    leases.ops.push(Op::PutAuth(auth.encode()));
+
     // As etcd: the revision is the newest record's, or the compaction's if that is newer
     // (compaction may have removed the newest tombstones).
     let compacted = finished.unwrap_or(0).max(0);
@@ -872,6 +904,66 @@ fn restore_into(
     info.revision = current;
     info.compact_revision = scheduled.unwrap_or(compacted);
     Ok(info)
+}
+
+enum AuthReadError {
+    Bbolt(coffer_bbolt::Error),
+    Format(String),
+}
+
+/// The auth state of an etcd-layout snapshot (the default state when it has none).
+fn read_auth<R: Read + Seek>(
+    reader: &mut coffer_bbolt::Reader<R>,
+) -> Result<crate::auth::AuthState, AuthReadError> {
+    use crate::auth::{AuthState, Role, User};
+    let mut st = AuthState::default();
+    let mut failed: Option<String> = None;
+    reader
+        .for_each(BUCKET_AUTH, &mut |k, v| {
+            if k == AUTH_ENABLED {
+                st.enabled = v == [1];
+            } else if k == AUTH_REVISION {
+                match <[u8; 8]>::try_from(v) {
+                    Ok(b) => st.revision = u64::from_be_bytes(b),
+                    Err(_) => {
+                        failed = Some(format!(
+                            "bucket \"auth\": authRevision holds {} bytes, not 8",
+                            v.len()
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(AuthReadError::Bbolt)?;
+    reader
+        .for_each(BUCKET_AUTH_USERS, &mut |_, v| {
+            match authpb::User::decode(v)
+                .map_err(|e| e.to_string())
+                .and_then(User::from_proto)
+            {
+                Ok(u) => drop(st.users.insert(u.name.clone(), u)),
+                Err(e) => failed = Some(format!("bucket \"authUsers\": {e}")),
+            }
+            Ok(())
+        })
+        .map_err(AuthReadError::Bbolt)?;
+    reader
+        .for_each(BUCKET_AUTH_ROLES, &mut |_, v| {
+            match authpb::Role::decode(v)
+                .map_err(|e| e.to_string())
+                .and_then(Role::from_proto)
+            {
+                Ok(r) => drop(st.roles.insert(r.name.clone(), r)),
+                Err(e) => failed = Some(format!("bucket \"authRoles\": {e}")),
+            }
+            Ok(())
+        })
+        .map_err(AuthReadError::Bbolt)?;
+    match failed {
+        Some(what) => Err(AuthReadError::Format(what)),
+        None => Ok(st),
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     alarms: Mutex<Vec<AlarmMember>>,
     /// Set when a commit's outcome became unknown: writes are refused until a restart.
     writes_stopped: Mutex<Option<String>>,
+    /// The auth state as of the last durable auth change (swapped whole by the writer).
+    auth: crate::auth::SharedAuth,
 }
 
 /// Limits and hooks from the store's options.
@@ -53,6 +55,7 @@ impl Shared {
         sealer: Arc<dyn Sealer>,
         leases: Leases,
         alarms: Vec<AlarmMember>,
+        auth: crate::auth::AuthState,
         s: Settings,
     ) -> Shared {
         let shared = Shared {
@@ -69,6 +72,7 @@ impl Shared {
             leases: Mutex::new(leases),
             alarms: Mutex::new(alarms),
             writes_stopped: Mutex::new(None),
+            auth: RwLock::new(Arc::new(auth)),
         };
         shared.refresh_size();
         shared
@@ -93,6 +97,16 @@ impl Shared {
     /// The alarm list (changed only by the writer thread, after its durable commit).
     pub(crate) fn alarms(&self) -> MutexGuard<'_, Vec<AlarmMember>> {
         self.alarms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The auth state as of the last durable auth change.
+    pub(crate) fn auth(&self) -> Arc<crate::auth::AuthState> {
+        Arc::clone(&self.auth.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Publishes a durable auth change (the writer thread only).
+    pub(crate) fn set_auth(&self, auth: crate::auth::AuthState) {
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(auth);
     }
 
     /// Why writes are refused, if a commit's outcome became unknown.

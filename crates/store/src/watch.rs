@@ -64,6 +64,13 @@ pub trait History: Send + Sync + 'static {
     /// `prev_kv` when the previous version is still in history.
     fn read(&self, key: &[u8], range_end: &[u8], from: i64, max: i64)
         -> Result<HistoryRead, Error>;
+
+    /// Whether `caller` may watch `[key, range_end)` (READ on it, against the current auth
+    /// state). A refusal cancels the create with etcd's reason. Default: allowed.
+    fn authorize(&self, caller: &crate::Caller, key: &[u8], range_end: &[u8]) -> Result<(), Error> {
+        let _ = (caller, key, range_end);
+        Ok(())
+    }
 }
 
 /// What a history read found.
@@ -545,12 +552,27 @@ impl std::fmt::Debug for WatchStream {
 }
 
 impl WatchStream {
-    /// Creates a watcher (`watch_id` 0 = server-assigned) and queues its created response,
-    /// or the refusal. Returns the id, or `None` when refused. Created responses go out in
-    /// call order; a stream whose client is gone returns `None`.
-    pub async fn create(&mut self, mut spec: WatchSpec, watch_id: i64) -> Option<i64> {
+    /// Creates a watcher for `caller` (`watch_id` 0 = server-assigned) and queues its created
+    /// response, or the refusal (first the caller's READ permission on the range, as etcd).
+    /// Returns the id, or `None` when refused. Created responses go out in call order; a
+    /// stream whose client is gone returns `None`.
+    pub async fn create(
+        &mut self,
+        mut spec: WatchSpec,
+        watch_id: i64,
+        caller: &crate::Caller,
+    ) -> Option<i64> {
         if spec.key.is_empty() {
             spec.key = vec![0];
+        }
+        if let Err(e) = self
+            .hub
+            .history
+            .authorize(caller, &spec.key, &spec.range_end)
+        {
+            let revision = self.hub.revision();
+            self.refuse(&crate::auth::watch_refusal(&e), revision).await;
+            return None;
         }
         let range_empty = !spec.range_end.is_empty()
             && spec.range_end != [0]
@@ -1144,7 +1166,7 @@ mod recent_tests {
         let history = Arc::new(CountingHistory::default());
         let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
         let (mut ws, mut rx) = hub.open_stream(1);
-        ws.create(spec(0), 0).await;
+        ws.create(spec(0), 0, &crate::Caller::Internal).await;
         assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
         wait_synced(&hub).await;
         // Room for one notice: revision 2 goes out live, 3 (or 4, when this test took 2 in
@@ -1181,7 +1203,7 @@ mod recent_tests {
         let history = Arc::new(CountingHistory::default());
         let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
         let (mut first, mut first_rx) = hub.open_stream(16);
-        first.create(spec(0), 0).await;
+        first.create(spec(0), 0, &crate::Caller::Internal).await;
         assert!(matches!(
             first_rx.recv().await,
             Some(Notice::Created { .. })
@@ -1190,7 +1212,7 @@ mod recent_tests {
         feed(&hub, &history, Some(vec![2, 3, 4]), 4);
         // Memory holds 2..=4, but a new watcher's start must be checked against compaction.
         let (mut second, mut rx) = hub.open_stream(16);
-        second.create(spec(3), 0).await;
+        second.create(spec(3), 0, &crate::Caller::Internal).await;
         assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
         assert_eq!(next_revisions(&mut rx).await, vec![3, 4]);
         assert_eq!(history.reads.load(Ordering::SeqCst), 1);
@@ -1204,7 +1226,7 @@ mod recent_tests {
         let hub = WatchHub::new(1, Arc::clone(&history) as Arc<dyn History>);
         let (mut ws, mut rx) = hub.open_stream(16);
         for _ in 0..3 {
-            ws.create(spec(0), 0).await;
+            ws.create(spec(0), 0, &crate::Caller::Internal).await;
             assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
         }
         wait_synced(&hub).await;

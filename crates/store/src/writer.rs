@@ -28,6 +28,7 @@ use coffer_proto::{
     TxnResponse,
 };
 
+use crate::auth::{AuthChange, AuthChanged};
 use crate::engine::{Batch, CommitError, Meta, Op, RECORDS};
 use crate::index::Mutation;
 use crate::lease;
@@ -36,7 +37,7 @@ use crate::record::Rev;
 use crate::state::Shared;
 use crate::txn::TxnPlan;
 use crate::watch::WatchHub;
-use crate::{Error, StoreStatus};
+use crate::{Caller, Error, StoreStatus};
 
 pub use crate::events::{CommitListener, CommittedRevision};
 
@@ -62,24 +63,35 @@ pub(crate) enum Command {
     LeaseCheckpoint,
     /// Raise or clear an alarm; durable before it is answered.
     Alarm(crate::AlarmChange, Reply<Vec<coffer_proto::AlarmMember>>),
+    /// An auth change by a caller; logged and durable before it is answered.
+    Auth(Caller, AuthChange, Reply<AuthChanged>),
     Shutdown,
 }
 
 impl Command {
-    pub(crate) fn put(req: PutRequest, sealed: Option<Vec<u8>>, r: Reply<PutResponse>) -> Self {
-        Command::Write(Request::Put(req, sealed, r))
+    pub(crate) fn put(
+        req: PutRequest,
+        sealed: Option<Vec<u8>>,
+        caller: Caller,
+        r: Reply<PutResponse>,
+    ) -> Self {
+        Command::Write(Request::Put(req, sealed, caller, r))
     }
-    pub(crate) fn delete(req: DeleteRangeRequest, r: Reply<DeleteRangeResponse>) -> Self {
-        Command::Write(Request::Delete(req, r))
+    pub(crate) fn delete(
+        req: DeleteRangeRequest,
+        caller: Caller,
+        r: Reply<DeleteRangeResponse>,
+    ) -> Self {
+        Command::Write(Request::Delete(req, caller, r))
     }
-    pub(crate) fn txn(plan: TxnPlan, r: Reply<TxnResponse>) -> Self {
-        Command::Write(Request::Txn(plan, r))
+    pub(crate) fn txn(plan: TxnPlan, caller: Caller, r: Reply<TxnResponse>) -> Self {
+        Command::Write(Request::Txn(plan, caller, r))
     }
     pub(crate) fn compact(req: CompactionRequest, r: Reply<CompactionResponse>) -> Self {
         Command::Write(Request::Compact(req, r))
     }
-    pub(crate) fn revoke(id: i64, r: Reply<LeaseRevokeResponse>) -> Self {
-        Command::Write(Request::LeaseRevoke(id, r))
+    pub(crate) fn revoke(id: i64, caller: Caller, r: Reply<LeaseRevokeResponse>) -> Self {
+        Command::Write(Request::LeaseRevoke(id, caller, r))
     }
 
     fn is_write(&self) -> bool {
@@ -90,11 +102,12 @@ impl Command {
     pub(crate) fn fail(self, err: impl Fn() -> Error) {
         // A caller that went away no longer needs its answer.
         match self {
-            Command::Write(Request::Put(_, _, r)) => drop(r.send(Err(err()))),
-            Command::Write(Request::Delete(_, r)) => drop(r.send(Err(err()))),
-            Command::Write(Request::Txn(_, r)) => drop(r.send(Err(err()))),
+            Command::Write(Request::Put(_, _, _, r)) => drop(r.send(Err(err()))),
+            Command::Write(Request::Delete(_, _, r)) => drop(r.send(Err(err()))),
+            Command::Write(Request::Txn(_, _, r)) => drop(r.send(Err(err()))),
             Command::Write(Request::Compact(_, r)) => drop(r.send(Err(err()))),
-            Command::Write(Request::LeaseRevoke(_, r)) => drop(r.send(Err(err()))),
+            Command::Write(Request::LeaseRevoke(_, _, r)) => drop(r.send(Err(err()))),
+            Command::Auth(_, _, r) => drop(r.send(Err(err()))),
             Command::Status(r) => drop(r.send(Err(err()))),
             Command::Defragment(r) => drop(r.send(Err(err()))),
             Command::LeaseGrant(_, r) => drop(r.send(Err(err()))),
@@ -204,6 +217,9 @@ impl Writer {
                     Some(Command::LeaseGrant(req, reply)) => drop(reply.send(self.grant(req))),
                     Some(Command::LeaseCheckpoint) => self.checkpoint(false),
                     Some(Command::Alarm(change, reply)) => drop(reply.send(self.alarm(change))),
+                    Some(Command::Auth(caller, change, reply)) => {
+                        drop(reply.send(self.auth(&caller, &change)))
+                    }
                     Some(Command::Shutdown) => {
                         // Always: the log is then empty and the engine file complete.
                         self.checkpoint(true);
@@ -229,6 +245,12 @@ impl Writer {
     /// Commits a batch of the writer's own (outside a group) durably, as a checkpoint. An
     /// unknown outcome stops writes.
     fn commit_checkpoint(&mut self, batch: Batch) -> Result<(), Error> {
+        self.commit_own(batch, true)
+    }
+
+    /// Commits a batch of the writer's own (outside a group): through the log (`checkpoint`
+    /// false) or straight into the engine durably. An unknown outcome stops writes.
+    fn commit_own(&mut self, batch: Batch, checkpoint: bool) -> Result<(), Error> {
         if let Some(why) = self.shared.writes_stopped() {
             return Err(Error::WritesStopped(why));
         }
@@ -236,7 +258,7 @@ impl Writer {
             self.shared.engine.dir(),
             crate::disk::needed_for(batch.bytes()),
         )?;
-        match self.shared.engine.commit(&batch, true) {
+        match self.shared.engine.commit(&batch, checkpoint) {
             Ok(()) => {
                 self.meta = batch.meta;
                 Ok(())
@@ -308,6 +330,33 @@ impl Writer {
         meta.alarms = list.clone();
         self.commit_checkpoint(Batch::meta(meta))?;
         *self.shared.alarms() = list;
+        Ok(answer)
+    }
+
+    /// An auth change: checked against the caller and applied to the current state, logged
+    /// and durable (with the meta, so it is ordered with the data around it), then published.
+    /// A no-op answers the unchanged revision and writes nothing.
+    fn auth(&mut self, caller: &Caller, change: &AuthChange) -> Result<AuthChanged, Error> {
+        let current = self.shared.auth();
+        let revision = self.shared.read_index().current;
+        let Some(next) = current.changed_by(caller, change)? else {
+            return Ok(AuthChanged {
+                auth_revision: current.revision,
+                revision,
+            });
+        };
+        self.commit_own(
+            Batch {
+                ops: vec![Op::PutAuth(next.encode())],
+                meta: self.meta.clone(),
+            },
+            false,
+        )?;
+        let answer = AuthChanged {
+            auth_revision: next.revision,
+            revision,
+        };
+        self.shared.set_auth(next);
         Ok(answer)
     }
 
@@ -403,7 +452,7 @@ impl Writer {
                     break;
                 }
                 let Command::Write(req) = cmd else { break };
-                if let Request::Txn(t, _) = req {
+                if let Request::Txn(t, _, _) = req {
                     // A txn reading a past revision written earlier in this group would need
                     // history the index does not have yet: commit what we have first.
                     if planner.cur() > base.current && t.reads_history() {

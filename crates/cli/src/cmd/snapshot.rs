@@ -149,14 +149,16 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     println!(
-        "restored {} into {}: revision {}, compacted at {}, {} records ({} values checked), {} leases",
+        "restored {} into {}: revision {}, compacted at {}, {} records ({} values checked), {} leases, {} users, {} roles",
         args.file.display(),
         plan.data_dir.display(),
         info.revision,
         info.compact_revision,
         info.records,
         info.values,
-        info.leases
+        info.leases,
+        info.users,
+        info.roles
     );
     Ok(ExitCode::SUCCESS)
 }

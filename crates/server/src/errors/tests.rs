@@ -140,9 +140,69 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
              member: for a standby, copy it with `etcdctl snapshot save` and `coffer snapshot \
              restore`, or use etcd for a multi-member cluster",
         ),
+        ServerError::RootUserNotExist => (
+            34,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+        ServerError::RootRoleNotExist => (
+            35,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not have root role",
+        ),
+        ServerError::UserAlreadyExist => (
+            36,
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+        ServerError::UserEmpty => (37, Code::InvalidArgument, "etcdserver: user name is empty"),
+        ServerError::UserNotFound => (
+            38,
+            Code::FailedPrecondition,
+            "etcdserver: user name not found",
+        ),
+        ServerError::RoleAlreadyExist => (
+            39,
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+        ServerError::RoleNotFound => (
+            40,
+            Code::FailedPrecondition,
+            "etcdserver: role name not found",
+        ),
+        ServerError::RoleEmpty => (41, Code::InvalidArgument, "etcdserver: role name is empty"),
+        ServerError::PermissionNotGiven => (
+            42,
+            Code::InvalidArgument,
+            "etcdserver: permission not given",
+        ),
+        ServerError::PermissionDenied => {
+            (43, Code::PermissionDenied, "etcdserver: permission denied")
+        }
+        ServerError::RoleNotGranted => (
+            44,
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+        ServerError::PermissionNotGranted => (
+            45,
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+        ServerError::InvalidAuthMgmt => (
+            46,
+            Code::InvalidArgument,
+            "etcdserver: invalid auth management",
+        ),
+        ServerError::AuthOldRevision => (
+            47,
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
     }
 }
-const VARIANTS: usize = 34;
+const VARIANTS: usize = 48;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -183,6 +243,20 @@ fn all() -> Vec<ServerError> {
             size: 2147483648,
             limit: 2147483647,
         },
+        ServerError::RootUserNotExist,
+        ServerError::RootRoleNotExist,
+        ServerError::UserAlreadyExist,
+        ServerError::UserEmpty,
+        ServerError::UserNotFound,
+        ServerError::RoleAlreadyExist,
+        ServerError::RoleNotFound,
+        ServerError::RoleEmpty,
+        ServerError::PermissionNotGiven,
+        ServerError::PermissionDenied,
+        ServerError::RoleNotGranted,
+        ServerError::PermissionNotGranted,
+        ServerError::InvalidAuthMgmt,
+        ServerError::AuthOldRevision,
     ]
 }
 
@@ -204,8 +278,7 @@ fn every_server_error_has_etcds_code_and_text() {
 fn every_store_error_maps_to_the_right_etcd_error() {
     use coffer_store::Error as E;
     let secret_value = "sensitive-plaintext";
-    let cases: Vec<(E, Code, &str)> =
-        vec![
+    let cases: Vec<(E, Code, &str)> = vec![
         (
             E::KeyNotFound,
             Code::InvalidArgument,
@@ -243,6 +316,76 @@ fn every_store_error_maps_to_the_right_etcd_error() {
         ),
         (E::Stopped, Code::Unavailable, "etcdserver: server stopped"),
         (
+            E::RootUserNotExist,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not exist",
+        ),
+        (
+            E::RootRoleNotExist,
+            Code::FailedPrecondition,
+            "etcdserver: root user does not have root role",
+        ),
+        (
+            E::UserAlreadyExist,
+            Code::FailedPrecondition,
+            "etcdserver: user name already exists",
+        ),
+        (
+            E::UserEmpty,
+            Code::InvalidArgument,
+            "etcdserver: user name is empty",
+        ),
+        (
+            E::UserNotFound,
+            Code::FailedPrecondition,
+            "etcdserver: user name not found",
+        ),
+        (
+            E::RoleAlreadyExist,
+            Code::FailedPrecondition,
+            "etcdserver: role name already exists",
+        ),
+        (
+            E::RoleNotFound,
+            Code::FailedPrecondition,
+            "etcdserver: role name not found",
+        ),
+        (
+            E::RoleEmpty,
+            Code::InvalidArgument,
+            "etcdserver: role name is empty",
+        ),
+        (
+            E::PermissionNotGiven,
+            Code::InvalidArgument,
+            "etcdserver: permission not given",
+        ),
+        (
+            E::PermissionDenied,
+            Code::PermissionDenied,
+            "etcdserver: permission denied",
+        ),
+        (
+            E::RoleNotGranted,
+            Code::FailedPrecondition,
+            "etcdserver: role is not granted to the user",
+        ),
+        (
+            E::PermissionNotGranted,
+            Code::FailedPrecondition,
+            "etcdserver: permission is not granted to the role",
+        ),
+        (
+            E::InvalidAuthMgmt,
+            Code::InvalidArgument,
+            "etcdserver: invalid auth management",
+        ),
+        (
+            E::AuthOldRevision,
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
+        (
             E::DiskFull {
                 available: 1,
                 needed: 2,
@@ -266,7 +409,11 @@ fn every_store_error_maps_to_the_right_etcd_error() {
             Code::Internal,
             "coffer: a value could not be sealed (details in the server log)",
         ),
-        (E::TooManyRequests, Code::Unknown, "etcdserver: too many requests"),
+        (
+            E::TooManyRequests,
+            Code::Unknown,
+            "etcdserver: too many requests",
+        ),
         (
             E::OutcomeUnknown(format!("fdatasync failed near {secret_value}")),
             Code::Unavailable,

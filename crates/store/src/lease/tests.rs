@@ -39,21 +39,27 @@ async fn grant(s: &EmbeddedStore, id: i64, ttl: i64) -> Result<(i64, i64), Error
 }
 
 async fn put(s: &EmbeddedStore, k: &str, lease: i64) -> Result<i64, Error> {
-    s.put(PutRequest {
-        key: k.into(),
-        value: b"v".to_vec(),
-        lease,
-        ..Default::default()
-    })
+    s.put(
+        &crate::Caller::Internal,
+        PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        },
+    )
     .await
     .map(|r| r.header.unwrap().revision)
 }
 
 async fn exists(s: &EmbeddedStore, k: &str) -> bool {
-    s.range(RangeRequest {
-        key: k.into(),
-        ..Default::default()
-    })
+    s.range(
+        &crate::Caller::Internal,
+        RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap()
     .count
@@ -83,19 +89,30 @@ async fn grant_attach_revoke_in_one_revision() {
     put(&s, "c", id).await.unwrap();
     put(&s, "c", 0).await.unwrap(); // detaches
     put(&s, "d", id).await.unwrap();
-    s.delete_range(DeleteRangeRequest {
-        key: b"d".to_vec(),
-        ..Default::default()
-    })
+    s.delete_range(
+        &crate::Caller::Internal,
+        DeleteRangeRequest {
+            key: b"d".to_vec(),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap(); // detaches
     put(&s, "e", -5).await.unwrap();
     put(&s, "e", id).await.unwrap(); // moves
-    let st = s.lease_status(id).unwrap();
+    let st = s
+        .lease_status(&crate::Caller::Internal, id, true)
+        .unwrap()
+        .unwrap();
     assert_eq!(st.keys, vec![b"a".to_vec(), b"b".to_vec(), b"e".to_vec()]);
     assert_eq!(st.granted_ttl, 60);
     assert!((58..=60).contains(&st.remaining), "{}", st.remaining);
-    assert!(s.lease_status(-5).unwrap().keys.is_empty());
+    assert!(s
+        .lease_status(&crate::Caller::Internal, -5, true)
+        .unwrap()
+        .unwrap()
+        .keys
+        .is_empty());
 
     let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
@@ -107,11 +124,12 @@ async fn grant_attach_revoke_in_one_revision() {
             ..Default::default()
         },
         0,
+        &crate::Caller::Internal,
     )
     .await;
     assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
     let before = s.current_revision();
-    let resp = s.lease_revoke(id).await.unwrap();
+    let resp = s.lease_revoke(&crate::Caller::Internal, id).await.unwrap();
     assert_eq!(resp.header.unwrap().revision, before + 1);
     for k in ["a", "b", "e"] {
         assert!(!exists(&s, k).await, "{k}");
@@ -134,14 +152,17 @@ async fn grant_attach_revoke_in_one_revision() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(s.lease_status(id).is_none());
+    assert!(s
+        .lease_status(&crate::Caller::Internal, id, true)
+        .unwrap()
+        .is_none());
     assert!(matches!(
-        s.lease_revoke(id).await,
+        s.lease_revoke(&crate::Caller::Internal, id).await,
         Err(Error::LeaseNotFound)
     ));
     // An empty lease's revoke writes no revision.
     let rev = s.current_revision();
-    s.lease_revoke(-5).await.unwrap();
+    s.lease_revoke(&crate::Caller::Internal, -5).await.unwrap();
     assert_eq!(s.current_revision(), rev);
     assert!(s.lease_ids().is_empty());
 }
@@ -172,7 +193,10 @@ async fn keep_alive_and_expiry() {
         }
     }
     assert!(gone, "expired lease not revoked");
-    assert!(s.lease_status(id).is_none());
+    assert!(s
+        .lease_status(&crate::Caller::Internal, id, true)
+        .unwrap()
+        .is_none());
     assert_eq!(s.lease_keep_alive(id).unwrap().ttl, 0);
     assert!(exists(&s, "long").await);
 }
@@ -199,7 +223,10 @@ async fn remaining_ttl_is_frozen_across_restart() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let t2 = Instant::now();
     let s = open(dir.path());
-    let st = s.lease_status(id).unwrap();
+    let st = s
+        .lease_status(&crate::Caller::Internal, id, true)
+        .unwrap()
+        .unwrap();
     let alive = (t1 - t0) + t2.elapsed();
     let down = t2 - t1;
     assert_eq!(st.granted_ttl, 30);
@@ -216,6 +243,6 @@ async fn remaining_ttl_is_frozen_across_restart() {
     assert_eq!(st.keys, vec![b"k".to_vec()]);
     assert_eq!(s.current_revision(), rev);
     // The lease still works after the restart.
-    s.lease_revoke(id).await.unwrap();
+    s.lease_revoke(&crate::Caller::Internal, id).await.unwrap();
     assert!(!exists(&s, "k").await);
 }

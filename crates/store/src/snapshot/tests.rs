@@ -38,12 +38,15 @@ fn open(dir: &Path, key: u8) -> Arc<EmbeddedStore> {
 const MARKER: &str = "PLAINTEXT-MARKER-7f3a";
 
 async fn put(s: &EmbeddedStore, k: &str, v: &str, lease: i64) -> i64 {
-    s.put(PutRequest {
-        key: k.into(),
-        value: v.into(),
-        lease,
-        ..Default::default()
-    })
+    s.put(
+        &crate::Caller::Internal,
+        PutRequest {
+            key: k.into(),
+            value: v.into(),
+            lease,
+            ..Default::default()
+        },
+    )
     .await
     .unwrap()
     .header
@@ -52,12 +55,15 @@ async fn put(s: &EmbeddedStore, k: &str, v: &str, lease: i64) -> i64 {
 }
 
 async fn range_all(s: &EmbeddedStore, rev: i64) -> Result<Vec<KeyValue>, Error> {
-    s.range(RangeRequest {
-        key: vec![0],
-        range_end: vec![0],
-        revision: rev,
-        ..Default::default()
-    })
+    s.range(
+        &crate::Caller::Internal,
+        RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            revision: rev,
+            ..Default::default()
+        },
+    )
     .await
     .map(|r| r.kvs)
 }
@@ -89,10 +95,13 @@ async fn populate(s: &EmbeddedStore) -> (i64, i64) {
         .await;
     }
     for i in (0..300).step_by(11) {
-        s.delete_range(DeleteRangeRequest {
-            key: format!("/registry/secrets/k{i:04}").into(),
-            ..Default::default()
-        })
+        s.delete_range(
+            &crate::Caller::Internal,
+            DeleteRangeRequest {
+                key: format!("/registry/secrets/k{i:04}").into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     }
@@ -195,10 +204,19 @@ async fn snapshot_restores_every_record_revision_compaction_and_lease() {
         range_all(&dst, compacted - 1).await,
         Err(Error::Compacted)
     ));
-    let st = dst.lease_status(lease).expect("lease restored");
+    let st = dst
+        .lease_status(&crate::Caller::Internal, lease, true)
+        .unwrap()
+        .expect("lease restored");
     assert_eq!(st.granted_ttl, 600);
     assert!(st.remaining > 500 && st.remaining <= 600, "{st:?}");
-    assert_eq!(st.keys, src.lease_status(lease).unwrap().keys);
+    assert_eq!(
+        st.keys,
+        src.lease_status(&crate::Caller::Internal, lease, true)
+            .unwrap()
+            .unwrap()
+            .keys
+    );
     assert!(!st.keys.is_empty());
     // Revisions go on from where the snapshot was.
     assert_eq!(put(&dst, "/new", "v", 0).await, current + 1);

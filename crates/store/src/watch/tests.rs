@@ -36,11 +36,14 @@ fn store(dir: &tempfile::TempDir) -> Arc<EmbeddedStore> {
 }
 
 async fn put(s: &EmbeddedStore, k: &str, v: &str) -> i64 {
-    s.put(PutRequest {
-        key: k.into(),
-        value: v.into(),
-        ..Default::default()
-    })
+    s.put(
+        &crate::Caller::Internal,
+        PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap()
     .header
@@ -102,7 +105,10 @@ async fn live_events_in_order_with_prev_kv() {
     let s = store(&dir);
     let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
-    assert_eq!(ws.create(prefix("a", 0), 0).await, Some(0));
+    assert_eq!(
+        ws.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(0)
+    );
     assert_eq!(
         recv(&mut rx).await,
         Notice::Created {
@@ -113,11 +119,14 @@ async fn live_events_in_order_with_prev_kv() {
     put(&s, "a1", "x").await;
     put(&s, "b", "ignored").await;
     put(&s, "a1", "y").await;
-    s.delete_range(DeleteRangeRequest {
-        key: b"a".to_vec(),
-        range_end: b"b".to_vec(),
-        prev_kv: false,
-    })
+    s.delete_range(
+        &crate::Caller::Internal,
+        DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"b".to_vec(),
+            prev_kv: false,
+        },
+    )
     .await
     .unwrap();
     let got = events(&mut rx, 3).await;
@@ -140,7 +149,7 @@ async fn history_catch_up_then_live_without_gap_or_duplicate() {
     }
     let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
-    ws.create(prefix("k", 3), 7).await;
+    ws.create(prefix("k", 3), 7, &crate::Caller::Internal).await;
     assert!(matches!(
         recv(&mut rx).await,
         Notice::Created {
@@ -183,7 +192,7 @@ async fn compacted_start_is_created_then_cancelled() {
     .unwrap();
     let hub = Arc::clone(s.hub());
     let (mut ws, mut rx) = hub.open_stream(16);
-    ws.create(prefix("k", 3), 0).await;
+    ws.create(prefix("k", 3), 0, &crate::Caller::Internal).await;
     assert!(matches!(
         recv(&mut rx).await,
         Notice::Created { watch_id: 0, .. }
@@ -200,7 +209,7 @@ async fn compacted_start_is_created_then_cancelled() {
         other => panic!("{other:?}"),
     }
     // Watching from exactly the compacted revision is fine.
-    ws.create(prefix("k", 6), 0).await;
+    ws.create(prefix("k", 6), 0, &crate::Caller::Internal).await;
     assert!(matches!(
         recv(&mut rx).await,
         Notice::Created { watch_id: 1, .. }
@@ -216,10 +225,12 @@ async fn slow_watcher_never_stalls_writes_and_loses_nothing() {
     let hub = Arc::clone(s.hub());
     // A channel of 2 notices that nobody reads during the writes.
     let (mut slow, mut slow_rx) = hub.open_stream(2);
-    slow.create(prefix("k", 0), 0).await;
+    slow.create(prefix("k", 0), 0, &crate::Caller::Internal)
+        .await;
     // A fast watcher on another stream.
     let (mut fast, mut fast_rx) = hub.open_stream(1024);
-    fast.create(prefix("k", 0), 0).await;
+    fast.create(prefix("k", 0), 0, &crate::Caller::Internal)
+        .await;
     assert!(matches!(recv(&mut fast_rx).await, Notice::Created { .. }));
     let writes = tokio::time::timeout(Duration::from_secs(30), async {
         for i in 0..200 {
@@ -259,7 +270,8 @@ async fn slow_watcher_behind_compaction_is_cancelled_not_skipped() {
     let s = store(&dir);
     let hub = Arc::clone(s.hub());
     let (mut slow, mut slow_rx) = hub.open_stream(1);
-    slow.create(prefix("k", 0), 0).await;
+    slow.create(prefix("k", 0), 0, &crate::Caller::Internal)
+        .await;
     assert!(matches!(recv(&mut slow_rx).await, Notice::Created { .. }));
     for i in 0..30 {
         put(&s, "k", &format!("v{i}")).await; // revs 2..=31
@@ -310,18 +322,34 @@ async fn ids_ranges_and_progress_rules() {
     // No watcher: a progress request gets nothing.
     assert!(!ws.request_progress());
     // Explicit 1, then auto → 0, then auto → 2.
-    assert_eq!(ws.create(prefix("a", 0), 1).await, Some(1));
-    assert_eq!(ws.create(prefix("a", 0), 0).await, Some(0));
-    assert_eq!(ws.create(prefix("a", 0), 0).await, Some(2));
+    assert_eq!(
+        ws.create(prefix("a", 0), 1, &crate::Caller::Internal).await,
+        Some(1)
+    );
+    assert_eq!(
+        ws.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(0)
+    );
+    assert_eq!(
+        ws.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(2)
+    );
     // Duplicate explicit id, empty range.
-    assert_eq!(ws.create(prefix("a", 0), 1).await, None);
+    assert_eq!(
+        ws.create(prefix("a", 0), 1, &crate::Caller::Internal).await,
+        None
+    );
     let empty = WatchSpec {
         key: b"b".to_vec(),
         range_end: b"a".to_vec(),
         ..Default::default()
     };
-    assert_eq!(ws.create(empty, 0).await, None);
-    assert_eq!(ws.create(prefix("a", -3), 0).await, None);
+    assert_eq!(ws.create(empty, 0, &crate::Caller::Internal).await, None);
+    assert_eq!(
+        ws.create(prefix("a", -3), 0, &crate::Caller::Internal)
+            .await,
+        None
+    );
     for id in [1, 0, 2] {
         assert!(matches!(recv(&mut rx).await, Notice::Created { watch_id, .. } if watch_id == id));
     }
@@ -343,7 +371,10 @@ async fn ids_ranges_and_progress_rules() {
             ..
         }
     ));
-    assert_eq!(ws.create(prefix("a", 0), 0).await, Some(3));
+    assert_eq!(
+        ws.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(3)
+    );
     assert!(matches!(
         recv(&mut rx).await,
         Notice::Created { watch_id: 3, .. }
@@ -370,7 +401,10 @@ async fn ids_ranges_and_progress_rules() {
         progress_notify: true,
         ..prefix("z", 100)
     };
-    assert_eq!(ws.create(future, 0).await, Some(4));
+    assert_eq!(
+        ws.create(future, 0, &crate::Caller::Internal).await,
+        Some(4)
+    );
     assert!(matches!(
         recv(&mut rx).await,
         Notice::Created { watch_id: 4, .. }
@@ -404,7 +438,7 @@ async fn ids_ranges_and_progress_rules() {
         progress_notify: true,
         ..prefix("p", 0)
     };
-    assert_eq!(ws.create(pn, 0).await, Some(5));
+    assert_eq!(ws.create(pn, 0, &crate::Caller::Internal).await, Some(5));
     assert!(matches!(
         recv(&mut rx).await,
         Notice::Created { watch_id: 5, .. }
@@ -453,13 +487,28 @@ async fn watcher_limits_refuse_creates_per_stream_and_in_total() {
     let (mut b, mut rx_b) = hub.open_stream(64);
     a.set_limits(2, 3);
     b.set_limits(10, 3);
-    assert_eq!(a.create(prefix("a", 0), 0).await, Some(0));
-    assert_eq!(a.create(prefix("a", 0), 0).await, Some(1));
+    assert_eq!(
+        a.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(0)
+    );
+    assert_eq!(
+        a.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(1)
+    );
     // Third on stream a: over its per-stream limit.
-    assert_eq!(a.create(prefix("a", 0), 0).await, None);
-    assert_eq!(b.create(prefix("a", 0), 0).await, Some(0));
+    assert_eq!(
+        a.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        None
+    );
+    assert_eq!(
+        b.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(0)
+    );
     // Fourth in the hub: over the total limit, on a stream with room.
-    assert_eq!(b.create(prefix("a", 0), 7).await, None);
+    assert_eq!(
+        b.create(prefix("a", 0), 7, &crate::Caller::Internal).await,
+        None
+    );
     assert_eq!(hub.watcher_count(), 3);
     for _ in 0..2 {
         assert!(matches!(recv(&mut rx_a).await, Notice::Created { .. }));
@@ -484,8 +533,14 @@ async fn watcher_limits_refuse_creates_per_stream_and_in_total() {
         recv(&mut rx_a).await,
         Notice::Canceled { watch_id: 0, .. }
     ));
-    assert_eq!(b.create(prefix("a", 0), 0).await, Some(1));
-    assert_eq!(a.create(prefix("a", 0), 0).await, None);
+    assert_eq!(
+        b.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        Some(1)
+    );
+    assert_eq!(
+        a.create(prefix("a", 0), 0, &crate::Caller::Internal).await,
+        None
+    );
     // The remaining watchers still get events.
     put(&s, "a", "1").await;
     assert!(matches!(

@@ -45,21 +45,27 @@ pub fn open_with(dir: &Path, opts: StoreOptions) -> EmbeddedStore {
 }
 
 pub async fn put(s: &impl Backend, k: &str, v: &str) -> PutResponse {
-    s.put(PutRequest {
-        key: k.into(),
-        value: v.into(),
-        ..Default::default()
-    })
+    s.put(
+        &coffer_store::Caller::Internal,
+        PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap()
 }
 
 pub async fn del(s: &impl Backend, k: &str, end: &str) -> DeleteRangeResponse {
-    s.delete_range(DeleteRangeRequest {
-        key: k.into(),
-        range_end: end.into(),
-        prev_kv: true,
-    })
+    s.delete_range(
+        &coffer_store::Caller::Internal,
+        DeleteRangeRequest {
+            key: k.into(),
+            range_end: end.into(),
+            prev_kv: true,
+        },
+    )
     .await
     .unwrap()
 }
@@ -73,7 +79,7 @@ pub fn rr(k: &str, end: &str) -> RangeRequest {
 }
 
 pub async fn get(s: &impl Backend, req: RangeRequest) -> RangeResponse {
-    s.range(req).await.unwrap()
+    s.range(&coffer_store::Caller::Internal, req).await.unwrap()
 }
 
 pub fn keys(r: &RangeResponse) -> Vec<String> {

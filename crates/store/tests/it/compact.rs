@@ -41,7 +41,10 @@ async fn compact_errors_and_reads_around_it() {
     ));
     let mut at = rr("a", "\0");
     at.revision = 4;
-    assert!(matches!(s.range(at.clone()).await, Err(Error::Compacted)));
+    assert!(matches!(
+        s.range(&coffer_store::Caller::Internal, at.clone()).await,
+        Err(Error::Compacted)
+    ));
     at.revision = 5; // exactly the compact revision: allowed
     let r = get(&s, at).await;
     assert_eq!(keys(&r), vec!["a"]);
@@ -75,7 +78,10 @@ async fn compaction_survives_restart_and_revision_never_goes_back() {
     assert_eq!((st.revision, st.compact_revision), (52, 52));
     let mut old = rr("k1", "");
     old.revision = 51;
-    assert!(matches!(s.range(old).await, Err(Error::Compacted)));
+    assert!(matches!(
+        s.range(&coffer_store::Caller::Internal, old).await,
+        Err(Error::Compacted)
+    ));
     assert!(matches!(
         s.compact(compact(40, false)).await,
         Err(Error::Compacted)

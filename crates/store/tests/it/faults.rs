@@ -76,7 +76,10 @@ async fn an_unopenable_value_is_deleted_whole_with_prev_kv_watchers() {
     put(&s, "p/b", "vb").await;
     sealer.lock("p/b");
     // A read of the unopenable key is an error naming the key, never the stored bytes.
-    match s.range(rr("p/b", "")).await {
+    match s
+        .range(&coffer_store::Caller::Internal, rr("p/b", ""))
+        .await
+    {
         Err(Error::Open { key, .. }) => assert_eq!(key, "p/b"),
         other => panic!("{other:?}"),
     }
@@ -90,17 +93,21 @@ async fn an_unopenable_value_is_deleted_whole_with_prev_kv_watchers() {
             ..Default::default()
         },
         0,
+        &coffer_store::Caller::Internal,
     )
     .await;
     assert!(matches!(rx.recv().await, Some(Notice::Created { .. })));
 
     let before = s.current_revision();
     let resp = s
-        .delete_range(DeleteRangeRequest {
-            key: b"p/".to_vec(),
-            range_end: b"p0".to_vec(),
-            prev_kv: true,
-        })
+        .delete_range(
+            &coffer_store::Caller::Internal,
+            DeleteRangeRequest {
+                key: b"p/".to_vec(),
+                range_end: b"p0".to_vec(),
+                prev_kv: true,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(resp.deleted, 2);
@@ -156,7 +163,10 @@ async fn a_failed_txn_leaves_nothing_behind() {
         ],
         ..Default::default()
     };
-    assert!(matches!(s.txn(txn).await, Err(Error::Open { .. })));
+    assert!(matches!(
+        s.txn(&coffer_store::Caller::Internal, txn).await,
+        Err(Error::Open { .. })
+    ));
     assert_eq!(s.current_revision(), before);
     assert_eq!(keys(&get(&s, rr("a", "")).await), vec!["a"]);
     let r = put(&s, "c", "3").await;
@@ -238,11 +248,14 @@ async fn a_missing_log_refuses_to_start() {
 }
 
 async fn try_put(s: &EmbeddedStore, k: &str, v: &str) -> Result<coffer_proto::PutResponse, Error> {
-    s.put(PutRequest {
-        key: k.as_bytes().to_vec(),
-        value: v.as_bytes().to_vec(),
-        ..Default::default()
-    })
+    s.put(
+        &coffer_store::Caller::Internal,
+        PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            ..Default::default()
+        },
+    )
     .await
 }
 
@@ -339,7 +352,9 @@ async fn leases_are_bounded() {
         Err(Error::TooManyLeases { max: 3 }) => {}
         other => panic!("{other:?}"),
     }
-    s.lease_revoke(1).await.unwrap();
+    s.lease_revoke(&coffer_store::Caller::Internal, 1)
+        .await
+        .unwrap();
     s.lease_grant(LeaseGrantRequest { ttl: 60, id: 4 })
         .await
         .unwrap();
@@ -362,11 +377,14 @@ async fn the_writer_queue_is_bounded() {
     for i in 0..n {
         let s = Arc::clone(&s);
         tasks.push(tokio::spawn(async move {
-            s.put(PutRequest {
-                key: format!("k{i:06}").into_bytes(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            })
+            s.put(
+                &coffer_store::Caller::Internal,
+                PutRequest {
+                    key: format!("k{i:06}").into_bytes(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                },
+            )
             .await
         }));
     }

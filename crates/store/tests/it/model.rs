@@ -125,12 +125,15 @@ async fn run(ops: Vec<Op>) {
         match op {
             Op::Put(k, v) => {
                 let r = s
-                    .put(PutRequest {
-                        key: key(k),
-                        value: vec![v; 3],
-                        prev_kv: true,
-                        ..Default::default()
-                    })
+                    .put(
+                        &coffer_store::Caller::Internal,
+                        PutRequest {
+                            key: key(k),
+                            value: vec![v; 3],
+                            prev_kv: true,
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .unwrap();
                 let prev = m.cur().get(&key(k)).cloned();
@@ -141,11 +144,14 @@ async fn run(ops: Vec<Op>) {
             Op::Delete(k, e) => {
                 let end = end_of(e);
                 let r = s
-                    .delete_range(DeleteRangeRequest {
-                        key: key(k),
-                        range_end: end.clone(),
-                        prev_kv: true,
-                    })
+                    .delete_range(
+                        &coffer_store::Caller::Internal,
+                        DeleteRangeRequest {
+                            key: key(k),
+                            range_end: end.clone(),
+                            prev_kv: true,
+                        },
+                    )
                     .await
                     .unwrap();
                 let prev: Vec<KeyValue> = m
@@ -183,7 +189,7 @@ async fn run(ops: Vec<Op>) {
                     count_only,
                     ..Default::default()
                 };
-                let got = s.range(req).await;
+                let got = s.range(&coffer_store::Caller::Internal, req).await;
                 let read_at = if at == 0 { m.rev() } else { at };
                 if read_at < m.compacted {
                     assert!(matches!(got, Err(Error::Compacted)), "{got:?}");
@@ -243,7 +249,7 @@ async fn run(ops: Vec<Op>) {
                         })),
                     }],
                 };
-                let r = s.txn(t).await.unwrap();
+                let r = s.txn(&coffer_store::Caller::Internal, t).await.unwrap();
                 assert_eq!(r.succeeded, cond);
                 let deleted = if cond {
                     m.put(key(b), vec![w; 3]);

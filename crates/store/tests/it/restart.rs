@@ -63,15 +63,18 @@ async fn closed_store_answers_stopped() {
     let s = open(d.path());
     s.close();
     assert!(matches!(
-        s.put(coffer_proto::PutRequest {
-            key: "a".into(),
-            ..Default::default()
-        })
+        s.put(
+            &coffer_store::Caller::Internal,
+            coffer_proto::PutRequest {
+                key: "a".into(),
+                ..Default::default()
+            }
+        )
         .await,
         Err(coffer_store::Error::Stopped)
     ));
     assert!(matches!(
-        s.range(rr("a", "")).await,
+        s.range(&coffer_store::Caller::Internal, rr("a", "")).await,
         Err(coffer_store::Error::Stopped)
     ));
     // A second store on the same directory works after close.
@@ -114,7 +117,7 @@ async fn acknowledged_writes_survive_losing_the_unsynced_engine_commits() {
     let mut old = rr("k01", "");
     old.revision = 9;
     assert!(
-        s.range(old).await.is_err(),
+        s.range(&coffer_store::Caller::Internal, old).await.is_err(),
         "the compaction was replayed too"
     );
     assert_eq!(rev_of(&put(&s, "k50", "x").await.header), 54);

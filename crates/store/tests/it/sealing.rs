@@ -34,28 +34,34 @@ async fn write_markers_and_check(s: coffer_store::EmbeddedStore, dir: &Path) {
             .await;
         }
         // ignore_value rewrites and txn puts are sealed too
-        s.put(coffer_proto::PutRequest {
-            key: "/registry/secrets/s0".into(),
-            ignore_value: true,
-            ..Default::default()
-        })
+        s.put(
+            &coffer_store::Caller::Internal,
+            coffer_proto::PutRequest {
+                key: "/registry/secrets/s0".into(),
+                ignore_value: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
         let r = get(&s, rr("/registry/secrets/s1", "")).await;
         assert_eq!(r.kvs[0].value, format!("{MARKER}-1").as_bytes());
         // Txn compares and reads work on plaintext.
         let t = s
-            .txn(coffer_proto::TxnRequest {
-                compare: vec![coffer_proto::Compare {
-                    key: "/registry/secrets/s2".into(),
-                    target: coffer_proto::compare::CompareTarget::Value as i32,
-                    target_union: Some(coffer_proto::compare::TargetUnion::Value(
-                        format!("{MARKER}-2").into_bytes(),
-                    )),
+            .txn(
+                &coffer_store::Caller::Internal,
+                coffer_proto::TxnRequest {
+                    compare: vec![coffer_proto::Compare {
+                        key: "/registry/secrets/s2".into(),
+                        target: coffer_proto::compare::CompareTarget::Value as i32,
+                        target_union: Some(coffer_proto::compare::TargetUnion::Value(
+                            format!("{MARKER}-2").into_bytes(),
+                        )),
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-                ..Default::default()
-            })
+                },
+            )
             .await
             .unwrap();
         assert!(t.succeeded);

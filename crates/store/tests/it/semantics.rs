@@ -27,12 +27,15 @@ async fn put_assigns_revisions_versions_and_prev_kv() {
     assert_eq!(rev_of(&p.header), 2);
     assert!(p.prev_kv.is_none());
     let p = s
-        .put(PutRequest {
-            key: "a".into(),
-            value: "2".into(),
-            prev_kv: true,
-            ..Default::default()
-        })
+        .put(
+            &coffer_store::Caller::Internal,
+            PutRequest {
+                key: "a".into(),
+                value: "2".into(),
+                prev_kv: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(rev_of(&p.header), 3);
@@ -99,7 +102,10 @@ async fn range_revision_errors() {
     put(&s, "a", "1").await;
     let mut r = rr("a", "");
     r.revision = 3;
-    assert!(matches!(s.range(r.clone()).await, Err(Error::FutureRev)));
+    assert!(matches!(
+        s.range(&coffer_store::Caller::Internal, r.clone()).await,
+        Err(Error::FutureRev)
+    ));
     r.revision = -5;
     assert_eq!(get(&s, r.clone()).await.kvs.len(), 1);
     r.revision = 1;
@@ -232,28 +238,37 @@ async fn ignore_value_ignore_lease_and_leases() {
         ignore_value: true,
         ..Default::default()
     };
-    assert!(matches!(s.put(iv.clone()).await, Err(Error::KeyNotFound)));
+    assert!(matches!(
+        s.put(&coffer_store::Caller::Internal, iv.clone()).await,
+        Err(Error::KeyNotFound)
+    ));
     let il = PutRequest {
         key: "a".into(),
         value: "x".into(),
         ignore_lease: true,
         ..Default::default()
     };
-    assert!(matches!(s.put(il.clone()).await, Err(Error::KeyNotFound)));
+    assert!(matches!(
+        s.put(&coffer_store::Caller::Internal, il.clone()).await,
+        Err(Error::KeyNotFound)
+    ));
     let leased = PutRequest {
         key: "a".into(),
         value: "x".into(),
         lease: 7,
         ..Default::default()
     };
-    assert!(matches!(s.put(leased).await, Err(Error::LeaseNotFound)));
+    assert!(matches!(
+        s.put(&coffer_store::Caller::Internal, leased).await,
+        Err(Error::LeaseNotFound)
+    ));
     assert_eq!(s.current_revision(), 1, "failed puts must not bump");
     put(&s, "a", "orig").await;
-    let p = s.put(iv).await.unwrap();
+    let p = s.put(&coffer_store::Caller::Internal, iv).await.unwrap();
     assert_eq!(rev_of(&p.header), 3);
     let kv = get(&s, rr("a", "")).await.kvs[0].clone();
     assert_eq!((kv.value.as_slice(), kv.version), (&b"orig"[..], 2));
-    s.put(il).await.unwrap();
+    s.put(&coffer_store::Caller::Internal, il).await.unwrap();
     assert_eq!(get(&s, rr("a", "")).await.kvs[0].value, b"x");
 }
 
@@ -268,11 +283,14 @@ async fn quota_gives_nospace_for_puts_but_deletes_pass() {
         },
     );
     let e = s
-        .put(PutRequest {
-            key: "a".into(),
-            value: "v".into(),
-            ..Default::default()
-        })
+        .put(
+            &coffer_store::Caller::Internal,
+            PutRequest {
+                key: "a".into(),
+                value: "v".into(),
+                ..Default::default()
+            },
+        )
         .await;
     assert!(matches!(e, Err(Error::NoSpace)));
     assert_eq!(del(&s, "a", "").await.deleted, 0);

@@ -49,10 +49,13 @@ fn op_txn(t: TxnRequest) -> RequestOp {
 }
 
 async fn check(s: &impl Backend, c: Compare) -> bool {
-    s.txn(TxnRequest {
-        compare: vec![c],
-        ..Default::default()
-    })
+    s.txn(
+        &coffer_store::Caller::Internal,
+        TxnRequest {
+            compare: vec![c],
+            ..Default::default()
+        },
+    )
     .await
     .unwrap()
     .succeeded
@@ -166,10 +169,16 @@ async fn kube_style_create_and_update() {
         success: vec![op_put("/registry/pods/p", "v1")],
         failure: vec![op_get("/registry/pods/p")],
     };
-    let t = s.txn(create.clone()).await.unwrap();
+    let t = s
+        .txn(&coffer_store::Caller::Internal, create.clone())
+        .await
+        .unwrap();
     assert!(t.succeeded);
     assert_eq!(rev_of(&t.header), 2);
-    let t = s.txn(create).await.unwrap();
+    let t = s
+        .txn(&coffer_store::Caller::Internal, create)
+        .await
+        .unwrap();
     assert!(!t.succeeded);
     assert_eq!(
         rev_of(&t.header),
@@ -190,17 +199,20 @@ async fn header_rules_and_read_your_writes() {
         put(&s, &format!("x{i}"), "v").await; // current 4
     }
     let t = s
-        .txn(TxnRequest {
-            success: vec![
-                op_get("a"),
-                op_del("missing"),
-                op_put("a", "1"),
-                op_del("missing"),
-                op_get("a"),
-                op_put("b", "2"),
-            ],
-            ..Default::default()
-        })
+        .txn(
+            &coffer_store::Caller::Internal,
+            TxnRequest {
+                success: vec![
+                    op_get("a"),
+                    op_del("missing"),
+                    op_put("a", "1"),
+                    op_del("missing"),
+                    op_get("a"),
+                    op_put("b", "2"),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -220,10 +232,13 @@ async fn header_rules_and_read_your_writes() {
     assert!(r.kvs.iter().all(|kv| kv.mod_revision == 5));
     // Delete in the txn removes keys: its own header shows the new revision.
     let t = s
-        .txn(TxnRequest {
-            success: vec![op_del("a"), op_get("a"), op_put("a", "again")],
-            ..Default::default()
-        })
+        .txn(
+            &coffer_store::Caller::Internal,
+            TxnRequest {
+                success: vec![op_del("a"), op_get("a"), op_put("a", "again")],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(headers(&t), vec![Some(6), Some(6), Some(6)]);
@@ -243,10 +258,13 @@ async fn nested_txns_are_decided_from_the_pre_txn_view() {
         failure: vec![op_put("inner", "saw-new")],
     };
     let t = s
-        .txn(TxnRequest {
-            success: vec![op_put("flag", "1"), op_txn(inner)],
-            ..Default::default()
-        })
+        .txn(
+            &coffer_store::Caller::Internal,
+            TxnRequest {
+                success: vec![op_put("flag", "1"), op_txn(inner)],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(rev_of(&t.header), 3);
@@ -283,7 +301,10 @@ async fn runtime_errors_fail_the_whole_txn() {
         ],
         ..Default::default()
     };
-    assert!(matches!(s.txn(t).await, Err(Error::KeyNotFound)));
+    assert!(matches!(
+        s.txn(&coffer_store::Caller::Internal, t).await,
+        Err(Error::KeyNotFound)
+    ));
     let t = TxnRequest {
         success: vec![
             op_put("a", "1"),
@@ -297,7 +318,10 @@ async fn runtime_errors_fail_the_whole_txn() {
         ],
         ..Default::default()
     };
-    assert!(matches!(s.txn(t).await, Err(Error::LeaseNotFound)));
+    assert!(matches!(
+        s.txn(&coffer_store::Caller::Internal, t).await,
+        Err(Error::LeaseNotFound)
+    ));
     let mut future = rr("a", "");
     future.revision = 9;
     let t = TxnRequest {
@@ -309,7 +333,10 @@ async fn runtime_errors_fail_the_whole_txn() {
         ],
         ..Default::default()
     };
-    assert!(matches!(s.txn(t).await, Err(Error::FutureRev)));
+    assert!(matches!(
+        s.txn(&coffer_store::Caller::Internal, t).await,
+        Err(Error::FutureRev)
+    ));
     assert_eq!(s.current_revision(), 1);
     assert_eq!(get(&s, rr("a", "")).await.count, 0);
 }
@@ -323,15 +350,18 @@ async fn txn_range_at_a_past_revision() {
     let mut past = rr("a", "");
     past.revision = 2;
     let t = s
-        .txn(TxnRequest {
-            success: vec![
-                op_put("a", "3"),
-                RequestOp {
-                    request: Some(Request::RequestRange(past)),
-                },
-            ],
-            ..Default::default()
-        })
+        .txn(
+            &coffer_store::Caller::Internal,
+            TxnRequest {
+                success: vec![
+                    op_put("a", "3"),
+                    RequestOp {
+                        request: Some(Request::RequestRange(past)),
+                    },
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     match t.responses[1].response.as_ref().unwrap() {
