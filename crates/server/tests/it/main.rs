@@ -23,6 +23,7 @@ use tonic::Code;
 
 mod limits;
 mod tls;
+mod transport;
 
 struct Running {
     endpoint: String,

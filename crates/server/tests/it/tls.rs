@@ -56,8 +56,9 @@ fn pki() -> Pki {
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     addr: Option<SocketAddr>,
+    _pki: Option<Pki>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), coffer_server::ServeError>>,
     store: Arc<EmbeddedStore>,
@@ -66,6 +67,14 @@ struct Server {
 
 impl Server {
     async fn start(p: &Pki, urls: &[String]) -> Server {
+        Server::start_with(p, urls, |_| {}).await
+    }
+
+    async fn start_with(
+        p: &Pki,
+        urls: &[String],
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = super::open_store(dir.path(), 0);
         let mut config = ServerConfig::new(store.cluster_id(), store.member_id());
@@ -79,6 +88,7 @@ impl Server {
             reload_interval: Some(RELOAD),
             ..TlsConfig::default()
         });
+        configure(&mut config);
         let listeners = coffer_server::bind(&config).await.unwrap();
         let addr = listeners.local_addrs().first().copied();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -92,6 +102,7 @@ impl Server {
         ));
         Server {
             addr,
+            _pki: None,
             stop: Some(tx),
             task,
             store,
@@ -103,11 +114,11 @@ impl Server {
         Server::start(p, &["https://127.0.0.1:0".to_owned()]).await
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr.unwrap()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(10), &mut self.task)
             .await
@@ -116,6 +127,14 @@ impl Server {
             .unwrap();
         self.store.close();
     }
+}
+
+/// A mutual-TLS server on a loopback port with its own certificates, changed by `configure`.
+pub(crate) async fn tls_server_with(configure: impl FnOnce(&mut ServerConfig)) -> Server {
+    let p = pki();
+    let mut s = Server::start_with(&p, &["https://127.0.0.1:0".to_owned()], configure).await;
+    s._pki = Some(p);
+    s
 }
 
 /// A client trusting the main CA, presenting `cert` if given, offering `alpn`.
