@@ -546,7 +546,10 @@ fn tls_flags_are_checked_at_start() {
         key,
     ];
     let mut args = tls.to_vec();
-    args.extend(["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_RC4_128_SHA"]);
+    args.extend([
+        "--cipher-suites",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_RC4_128_SHA",
+    ]);
     let (code, log) = refused(&args);
     assert_eq!(code, Some(1), "{log}");
     assert!(

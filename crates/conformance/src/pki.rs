@@ -134,6 +134,6 @@ impl Ca {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+        params.signed_by(&self.cert, &self.key)?.pem()
     }
 }

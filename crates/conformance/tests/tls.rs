@@ -110,7 +110,11 @@ fn etcdctl_over_mutual_tls_answers_alike() {
 
     for url in [&etcd_url, &coffer_url] {
         let put = ctl(url, &full, &["put", "greeting", "hello"]);
-        assert_eq!((put.code, put.stdout.as_str()), (0, "OK\n"), "{url}: {put:?}");
+        assert_eq!(
+            (put.code, put.stdout.as_str()),
+            (0, "OK\n"),
+            "{url}: {put:?}"
+        );
         let get = ctl(url, &full, &["get", "greeting"]);
         assert_eq!(
             (get.code, get.stdout.as_str()),

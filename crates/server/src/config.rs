@@ -111,7 +111,9 @@ impl TlsVersion {
             "TLS1.0" | "TLS1.1" => Err(format!(
                 "{text} is not supported (Coffer speaks TLS1.2 and TLS1.3)"
             )),
-            _ => Err(format!("unknown TLS version {text:?}; expected TLS1.2 or TLS1.3")),
+            _ => Err(format!(
+                "unknown TLS version {text:?}; expected TLS1.2 or TLS1.3"
+            )),
         }
     }
 }

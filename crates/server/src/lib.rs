@@ -14,8 +14,8 @@ pub mod authority;
 pub mod cluster;
 pub mod config;
 pub mod errors;
-pub mod http;
 mod hash;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -146,12 +146,11 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
     let mut exposed = Vec::new();
     for (url, parsed, addrs) in resolved {
         if let config::ListenAddr::Unix(path) = &parsed.addr {
-            let listener =
-                transport::bind_unix(path).map_err(|source| ServeError::BindUnix {
-                    url: url.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
+            let listener = transport::bind_unix(path).map_err(|source| ServeError::BindUnix {
+                url: url.clone(),
+                path: path.clone(),
+                source,
+            })?;
             listeners.push(transport::Listener::Unix {
                 listener,
                 path: path.clone(),
@@ -254,9 +253,12 @@ where
     ))
     .max_decoding_message_size(max_recv)
     .max_encoding_message_size(max_send);
-    let cluster = ClusterServer::new(cluster::ClusterService::new(backend.clone(), shared.clone()))
-        .max_decoding_message_size(max_recv)
-        .max_encoding_message_size(max_send);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(
+        backend.clone(),
+        shared.clone(),
+    ))
+    .max_decoding_message_size(max_recv)
+    .max_encoding_message_size(max_send);
     // The reporter starts with service "" SERVING, as etcd registers it.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
 
@@ -288,7 +290,9 @@ where
         grpc,
         http,
         builder: transport::builder(&transport_config, max_streams),
-        connections: Arc::new(tokio::sync::Semaphore::new(transport_config.max_connections)),
+        connections: Arc::new(tokio::sync::Semaphore::new(
+            transport_config.max_connections,
+        )),
         transport: transport_config,
         tls: listeners.tls.clone(),
         stop: stop_rx,

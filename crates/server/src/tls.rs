@@ -4,8 +4,9 @@
 //! configuration; established connections keep theirs; a broken new file keeps the old
 //! configuration and is logged (file and reason, never its bytes).
 //!
-//! The crypto provider is rustls's `ring` (measured against aws-lc-rs in docs/tls.md; ring
-//! also needs no cmake or clang to build).
+//! The crypto provider is rustls's `ring`: measured against aws-lc-rs (docs/tls.md) it does
+//! as many X25519 handshakes and as much bulk AES-GCM per second, and it builds in seconds
+//! with no C toolchain beyond cc; aws-lc-rs would add the post-quantum X25519MLKEM768 group.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,8 +58,14 @@ const SUITES: &[(&str, CipherSuite)] = &[
         "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
         CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     ),
-    ("TLS_AES_128_GCM_SHA256", CipherSuite::TLS13_AES_128_GCM_SHA256),
-    ("TLS_AES_256_GCM_SHA384", CipherSuite::TLS13_AES_256_GCM_SHA384),
+    (
+        "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+    ),
+    (
+        "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+    ),
     (
         "TLS_CHACHA20_POLY1305_SHA256",
         CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
@@ -72,6 +79,12 @@ fn provider(config: &TlsConfig) -> Result<CryptoProvider, ConfigError> {
     // the module docs for why ring is still the choice.
     #[allow(deprecated)]
     let mut provider = rustls::crypto::ring::default_provider();
+    // X25519 first: ring's list starts with P-384, several times slower per handshake.
+    provider.kx_groups = vec![
+        rustls::crypto::ring::kx_group::X25519,
+        rustls::crypto::ring::kx_group::SECP256R1,
+        rustls::crypto::ring::kx_group::SECP384R1,
+    ];
     if config.cipher_suites.is_empty() {
         return Ok(provider);
     }
@@ -86,9 +99,12 @@ fn provider(config: &TlsConfig) -> Result<CryptoProvider, ConfigError> {
         };
         wanted.push(*suite);
     }
-    let names_tls13 = wanted
-        .iter()
-        .any(|w| provider.cipher_suites.iter().any(|s| s.suite() == *w && is_tls13(s)));
+    let names_tls13 = wanted.iter().any(|w| {
+        provider
+            .cipher_suites
+            .iter()
+            .any(|s| s.suite() == *w && is_tls13(s))
+    });
     provider
         .cipher_suites
         .retain(|s| wanted.contains(&s.suite()) || (!names_tls13 && is_tls13(s)));
@@ -224,10 +240,15 @@ fn build(config: &TlsConfig, files: &Files) -> Result<RustlsConfig, ConfigError>
             let ca_path = path_of(&config.trusted_ca_file);
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(ca) {
-                let cert = cert
-                    .map_err(|e| file_error("--trusted-ca-file", ca_path, format!("bad PEM: {e}")))?;
+                let cert = cert.map_err(|e| {
+                    file_error("--trusted-ca-file", ca_path, format!("bad PEM: {e}"))
+                })?;
                 roots.add(cert).map_err(|e| {
-                    file_error("--trusted-ca-file", ca_path, format!("bad CA certificate: {e}"))
+                    file_error(
+                        "--trusted-ca-file",
+                        ca_path,
+                        format!("bad CA certificate: {e}"),
+                    )
                 })?;
             }
             if roots.is_empty() {
@@ -254,9 +275,7 @@ fn build(config: &TlsConfig, files: &Files) -> Result<RustlsConfig, ConfigError>
                     ));
                 }
                 // A certificate whose issuer has no CRL in the file is accepted, as etcd does.
-                builder = builder
-                    .with_crls(crls)
-                    .allow_unknown_revocation_status();
+                builder = builder.with_crls(crls).allow_unknown_revocation_status();
             }
             builder.build().map_err(|e| {
                 file_error(
@@ -318,6 +337,8 @@ async fn reload_loop(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last failure logged: a file that stays missing is logged once, not every tick.
+    let mut last_error = String::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -332,13 +353,20 @@ async fn reload_loop(
             build(&config, &files).map(Some)
         });
         match result {
-            Ok(None) => {}
+            Ok(None) => last_error.clear(),
             Ok(Some(new)) => {
+                last_error.clear();
                 info!("TLS files changed: new handshakes use the new certificate, key, CA and CRL");
                 tx.send_replace(Arc::new(new));
             }
-            // Logged once per change of the files (or per failed read): the old config stays.
-            Err(e) => warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones"),
+            // The old configuration stays.
+            Err(e) => {
+                let text = e.to_string();
+                if text != last_error {
+                    warn!(error = %text, "TLS files changed but cannot be used; keeping the previous ones");
+                    last_error = text;
+                }
+            }
         }
     }
 }
@@ -369,7 +397,10 @@ mod tests {
         assert!(!names.contains(&CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384));
         config.cipher_suites = vec!["TLS_RSA_WITH_AES_128_CBC_SHA".to_owned()];
         let err = provider(&config).unwrap_err().to_string();
-        assert!(err.contains("\"TLS_RSA_WITH_AES_128_CBC_SHA\" is unknown"), "{err}");
+        assert!(
+            err.contains("\"TLS_RSA_WITH_AES_128_CBC_SHA\" is unknown"),
+            "{err}"
+        );
         assert!(err.contains("--cipher-suites"), "{err}");
     }
 

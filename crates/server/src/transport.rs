@@ -43,10 +43,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 #[derive(Debug)]
 pub(crate) enum Listener {
     /// A TCP socket.
-    Tcp {
-        listener: TcpListener,
-        tls: bool,
-    },
+    Tcp { listener: TcpListener, tls: bool },
     /// A unix socket; its file is removed when serving ends.
     Unix {
         listener: UnixListener,
@@ -83,7 +80,10 @@ pub(crate) struct Shared {
 }
 
 /// hyper's connection builder with the HTTP/2 settings of the flags.
-pub(crate) fn builder(transport: &TransportConfig, max_streams: u32) -> auto::Builder<TokioExecutor> {
+pub(crate) fn builder(
+    transport: &TransportConfig,
+    max_streams: u32,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -230,9 +230,10 @@ where
         peer: peer.clone(),
         in_flight: in_flight.clone(),
     };
-    let conn = shared
-        .builder
-        .serve_connection(io, hyper::service::service_fn(move |req| service.route(req)));
+    let conn = shared.builder.serve_connection(
+        io,
+        hyper::service::service_fn(move |req| service.route(req)),
+    );
     tokio::pin!(conn);
     let mut stop = shared.stop.clone();
     let idle = shared.transport.idle_timeout;
@@ -277,8 +278,9 @@ impl Router {
     fn route(
         &self,
         mut req: http::Request<Incoming>,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<http::Response<ResBody>, Infallible>> + Send>>
-    {
+    ) -> Pin<
+        Box<dyn std::future::Future<Output = Result<http::Response<ResBody>, Infallible>> + Send>,
+    > {
         req.extensions_mut().insert(self.peer.clone());
         let guard = InFlight::new(&self.in_flight);
         if crate::http::is_endpoint(req.uri().path()) {
@@ -354,7 +356,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Activity<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Activity<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 

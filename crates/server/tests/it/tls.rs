@@ -240,10 +240,22 @@ async fn mutual_tls_accepts_the_ca_s_clients_and_refuses_the_rest() {
     assert_eq!(get_health(&mut sender).await, (200, HEALTHY.to_owned()));
 
     for (who, cert, alert) in [
-        ("no certificate", None, AlertDescription::CertificateRequired),
+        (
+            "no certificate",
+            None,
+            AlertDescription::CertificateRequired,
+        ),
         ("another CA", Some(&p.stranger), AlertDescription::UnknownCA),
-        ("expired", Some(&p.expired), AlertDescription::CertificateExpired),
-        ("revoked", Some(&p.bob), AlertDescription::CertificateRevoked),
+        (
+            "expired",
+            Some(&p.expired),
+            AlertDescription::CertificateExpired,
+        ),
+        (
+            "revoked",
+            Some(&p.bob),
+            AlertDescription::CertificateRevoked,
+        ),
     ] {
         let err = refusal(s.addr(), client(&p, cert, &[b"http/1.1"])).await;
         assert_eq!(err, rustls::Error::AlertReceived(alert), "{who}");
@@ -340,7 +352,10 @@ async fn certificate_and_crl_reload() {
     copy(&p.server_b.cert_file, &p.server.cert_file);
     let deadline = Instant::now() + Duration::from_secs(10);
     while presented(s.addr(), alice.clone()).await != p.server_b.der {
-        assert!(Instant::now() < deadline, "the new certificate was never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
         tokio::time::sleep(RELOAD).await;
     }
     // Established connections keep working, bob's too; new handshakes see the new CRL.

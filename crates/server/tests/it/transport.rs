@@ -23,7 +23,10 @@ async fn health(s: &mut TcpStream, wait: Duration) -> Option<String> {
         .await
         .unwrap();
     let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(wait, s.read(&mut buf)).await.ok()?.unwrap();
+    let n = tokio::time::timeout(wait, s.read(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     text.lines().next().map(str::to_owned)
 }
@@ -128,7 +131,10 @@ async fn a_peer_that_never_answers_ping_is_dropped() {
         rest = &rest[(9 + len).min(rest.len())..];
     }
     assert!(frames.contains(&(6, 0)), "frames: {frames:?}");
-    assert!(took >= interval + timeout && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= interval + timeout && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     shutdown(r).await;
 }
 
