@@ -263,6 +263,10 @@ impl ServerConfig {
     }
 }
 
+/// The listen URL forms, for errors.
+const LISTEN_URL_FORMS: &str =
+    "expected http://host:port, https://host:port, unix://path or unixs://path";
+
 /// Where a listen URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -295,15 +299,13 @@ impl ListenUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected http[s]://host:port or unix[s]://path"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad(LISTEN_URL_FORMS))?;
         let (unix, tls) = match scheme {
             "http" => (false, false),
             "https" => (false, true),
             "unix" => (true, false),
             "unixs" => (true, true),
-            _ => return Err(bad("expected http[s]://host:port or unix[s]://path")),
+            _ => return Err(bad(LISTEN_URL_FORMS)),
         };
         if unix {
             if rest.is_empty() || rest.contains('?') || rest.contains('#') {

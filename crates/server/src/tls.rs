@@ -405,6 +405,20 @@ mod tests {
     }
 
     #[test]
+    fn common_name_of_the_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = coffer_conformance::pki::Ca::new(dir.path(), "main").unwrap();
+        let alice = ca.client(dir.path(), "alice", "alice", 2, false).unwrap();
+        let chain = [CertificateDer::from(alice.der)];
+        assert_eq!(common_name(Some(&chain)).as_deref(), Some("alice"));
+        assert_eq!(common_name(None), None);
+        assert_eq!(
+            common_name(Some(&[CertificateDer::from(vec![1, 2, 3])])),
+            None
+        );
+    }
+
+    #[test]
     fn version_range() {
         let config = TlsConfig {
             min_version: Some(TlsVersion::Tls13),

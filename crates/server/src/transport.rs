@@ -169,9 +169,12 @@ async fn accept(listener: &Listener) -> io::Result<(Accepted, bool)> {
 /// client on a TLS port gets its connection closed without a byte in answer.
 async fn starts_like_tls(stream: &tokio::net::TcpStream, shared: &Shared) -> bool {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(shared.transport.handshake_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
-        _ => false,
+    let mut stop = shared.stop.clone();
+    tokio::select! {
+        r = tokio::time::timeout(shared.transport.handshake_timeout, stream.peek(&mut first)) => {
+            matches!(r, Ok(Ok(1))) && first[0] == TLS_HANDSHAKE_RECORD
+        }
+        _ = stop.wait_for(|s| *s) => false,
     }
 }
 
@@ -189,8 +192,11 @@ where
         return serve_http(AuthorityRepair::new(io), peer, shared).await;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(reloader.current());
-    let stream =
-        match tokio::time::timeout(shared.transport.handshake_timeout, acceptor.accept(io)).await {
+    let mut stop = shared.stop.clone();
+    let handshake = tokio::time::timeout(shared.transport.handshake_timeout, acceptor.accept(io));
+    // A handshake still under way at shutdown is dropped: it has no request to finish.
+    let stream = tokio::select! {
+        r = handshake => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 info!(peer = ?addr, error = %e, "TLS handshake refused");
@@ -200,7 +206,9 @@ where
                 info!(peer = ?addr, "TLS handshake timed out");
                 return;
             }
-        };
+        },
+        _ = stop.wait_for(|s| *s) => return,
+    };
     let common_name = tls::common_name(stream.get_ref().1.peer_certificates());
     let peer = Peer {
         addr,

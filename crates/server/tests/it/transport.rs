@@ -150,3 +150,15 @@ async fn a_stalled_tls_handshake_is_dropped() {
     assert!(took >= p && took < Duration::from_secs(3), "{took:?}");
     r.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_pending_handshake() {
+    let r = super::tls::tls_server_with(|_| {}).await;
+    let mut s = TcpStream::connect(r.addr()).await.unwrap();
+    s.write_all(&[0x16]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    r.stop().await;
+    // The handshake timeout is 10 s; the drain must not wait for it.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
