@@ -160,5 +160,9 @@ async fn shutdown_does_not_wait_for_a_pending_handshake() {
     let started = Instant::now();
     r.stop().await;
     // The handshake timeout is 10 s; the drain must not wait for it.
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
