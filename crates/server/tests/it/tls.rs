@@ -139,11 +139,7 @@ pub(crate) async fn tls_server_with(configure: impl FnOnce(&mut ServerConfig)) -
 
 /// A client trusting the main CA, presenting `cert` if given, offering `alpn`.
 fn client(p: &Pki, cert: Option<&Issued>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&p.ca.cert_file).unwrap())
-        .unwrap();
-    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let builder = ClientConfig::builder().with_root_certificates(roots(p));
     let mut config = match cert {
         Some(c) => builder
             .with_client_auth_cert(
@@ -417,4 +413,51 @@ async fn unix_sockets_plain_and_tls() {
 
     s.stop().await;
     assert!(!plain.exists() && !secure.exists(), "socket files removed");
+}
+
+#[tokio::test]
+async fn versions_and_cipher_suites_are_applied() {
+    let p = pki();
+    let s = Server::start_with(&p, &["https://127.0.0.1:0".to_owned()], |c| {
+        let tls = c.tls.as_mut().unwrap();
+        tls.max_version = Some(coffer_server::TlsVersion::Tls12);
+        tls.cipher_suites = vec!["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305".to_owned()];
+    })
+    .await;
+    let stream = connect(s.addr(), client(&p, Some(&p.alice), &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let conn = stream.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        conn.negotiated_cipher_suite().unwrap().suite(),
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+    );
+    s.stop().await;
+
+    let s = Server::start_with(&p, &["https://127.0.0.1:0".to_owned()], |c| {
+        c.tls.as_mut().unwrap().min_version = Some(coffer_server::TlsVersion::Tls13);
+    })
+    .await;
+    let tls12 = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+        .with_root_certificates(roots(&p))
+        .with_no_client_auth();
+    let err = tls_error(connect(s.addr(), Arc::new(tls12)).await.unwrap_err());
+    assert_eq!(
+        err,
+        rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)
+    );
+    s.stop().await;
+}
+
+/// The main CA as the only trust anchor.
+fn roots(p: &Pki) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&p.ca.cert_file).unwrap())
+        .unwrap();
+    roots
 }
