@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// [online] Serve the etcd v3 API, encrypting every value at rest.
-    Serve(cmd::serve::Args),
+    Serve(Box<cmd::serve::Args>),
     /// [offline] Generate a fresh key, printed as a provider block for an EncryptionConfiguration.
     Keygen(cmd::keygen::Args),
     /// [offline] Work with EncryptionConfiguration files.
@@ -48,7 +48,7 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Config(ConfigCommand::Check(args)) => cmd::config_check::run(args),
         Command::Encrypt(args) => cmd::encrypt::run(args),

@@ -551,3 +551,104 @@ fn a_format_1_data_directory_is_upgraded_in_place() {
         assert!(status.success(), "{}", s.log());
     }
 }
+
+/// Runs `coffer serve` with `args` (and a fresh data directory and key) to its refusal:
+/// (exit code, log).
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key) = (dir.path().join("d"), dir.path().join("k.key"));
+    let mut all = vec![
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--default-key-file",
+        key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    Serve::start(&all, &[]).finish()
+}
+
+#[test]
+fn plaintext_on_a_non_loopback_address_needs_its_flag() {
+    let (code, log) = refused(&["--listen-client-urls", "http://0.0.0.0:0"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("\"http://0.0.0.0:0\" serves plaintext HTTP on a non-loopback address")
+            && log.contains("add --insecure-listen-plaintext"),
+        "{log}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    let mut s = Serve::start(
+        &[
+            "--data-dir",
+            dir.path().join("d").to_str().unwrap(),
+            "--default-key-file",
+            key.to_str().unwrap(),
+            "--listen-client-urls",
+            "http://0.0.0.0:0",
+            "--insecure-listen-plaintext",
+        ],
+        &[],
+    );
+    assert!(s.wait_for("ready to serve client requests"), "{}", s.log());
+    assert!(
+        s.wait_for("--insecure-listen-plaintext: serving plaintext HTTP on non-loopback"),
+        "{}",
+        s.log()
+    );
+    let (status, _) = s.terminate();
+    assert!(status.success(), "{}", s.log());
+}
+
+#[test]
+fn tls_flags_are_checked_at_start() {
+    let (code, log) = refused(&["--client-cert-auth"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("--client-cert-auth needs --trusted-ca-file"),
+        "{log}"
+    );
+
+    let (code, log) = refused(&["--listen-client-urls", "https://127.0.0.1:0"]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("\"https://127.0.0.1:0\" serves TLS: --cert-file and --key-file are required"),
+        "{log}"
+    );
+
+    let pki = tempfile::tempdir().unwrap();
+    let ca = coffer_conformance::pki::Ca::new(pki.path(), "main").unwrap();
+    let server = ca.server(pki.path(), "server", "server", 1).unwrap();
+    let (cert, key) = (
+        server.cert_file.to_str().unwrap(),
+        server.key_file.to_str().unwrap(),
+    );
+    let tls = [
+        "--listen-client-urls",
+        "https://127.0.0.1:0",
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+    ];
+    let mut args = tls.to_vec();
+    args.extend([
+        "--cipher-suites",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_RC4_128_SHA",
+    ]);
+    let (code, log) = refused(&args);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("--cipher-suites: \"TLS_RSA_WITH_RC4_128_SHA\" is unknown or not supported"),
+        "{log}"
+    );
+
+    // The key of another certificate.
+    let other = ca.server(pki.path(), "other", "other", 2).unwrap();
+    let mut args = tls.to_vec();
+    args[5] = other.key_file.to_str().unwrap();
+    let (code, log) = refused(&args);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("does not go with --cert-file"), "{log}");
+}

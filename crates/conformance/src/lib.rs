@@ -2,7 +2,7 @@
 //! loopback ports with fresh data directories ([`process`]), talks to both through a Rust gRPC
 //! client that records every answer as normalized JSON ([`client`], [`json`]) and through
 //! `etcdctl` ([`etcdctl`]), opens Watch streams ([`watch`]), and compares the two transcripts
-//! ([`transcript`], [`runner`]).
+//! ([`transcript`], [`runner`]). [`pki`] makes the CAs, certificates and CRLs of the TLS tests.
 //!
 //! The tests live in `tests/`: `side_by_side.rs` (every KV option, error string and etcdctl
 //! command on both servers), `auth.rs` (etcdctl's auth flows against a recording of etcd's
@@ -18,6 +18,7 @@ use std::time::Duration;
 pub mod client;
 pub mod etcdctl;
 pub mod json;
+pub mod pki;
 pub mod process;
 pub mod runner;
 pub mod transcript;

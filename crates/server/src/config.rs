@@ -3,6 +3,8 @@
 //! in here (`tls`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// etcd's `--max-request-bytes` default: 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1_572_864;
@@ -31,11 +33,26 @@ pub const DEFAULT_MAX_CONCURRENT_SNAPSHOTS: usize = 1;
 /// The peer URL a single member advertises (Coffer has no peers; etcd's default).
 pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
 
+/// Default `--max-connections`: open client connections at once (Coffer's own flag).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// How long a TLS handshake may take before the connection is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no open request that has sent nothing for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// etcd's `--grpc-keepalive-interval` default: 2 hours.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+/// etcd's `--grpc-keepalive-timeout` default: 20 seconds.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// etcd's `--grpc-keepalive-min-time` default: 5 seconds.
+pub const DEFAULT_KEEPALIVE_MIN_TIME: Duration = Duration::from_secs(5);
+/// How often the certificate, key, CA and CRL files are checked for changes.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Why a server configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A listen URL that is not `http://host:port`.
+    /// A listen URL that is not `http[s]://host:port` or `unix[s]://path`.
     #[error("listen URL {url:?}: {reason}")]
     ListenUrl {
         /// The URL as given.
@@ -43,15 +60,133 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
-    /// No listen URL at all.
+    /// No listen client URL at all.
     #[error("no listen client URL given")]
     NoListenUrl,
+    /// A TLS listener without a certificate and key.
+    #[error("listen URL {url:?} serves TLS: --cert-file and --key-file are required")]
+    MissingCertKey {
+        /// The URL as given.
+        url: String,
+    },
+    /// A plaintext listener reachable from other hosts.
+    #[error(
+        "listen URL {url:?} serves plaintext HTTP on a non-loopback address: anyone on the \
+         network could read and change every key. Use https:// with --cert-file and --key-file, \
+         or add --insecure-listen-plaintext to accept that risk"
+    )]
+    PlaintextExposure {
+        /// The URL as given.
+        url: String,
+    },
+    /// A TLS flag that is wrong on its own or with the others.
+    #[error("{0}")]
+    TlsFlags(String),
+    /// A certificate, key, CA or CRL file that cannot be used.
+    #[error("{flag} {path}: {reason}")]
+    TlsFile {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong (never the file's bytes).
+        reason: String,
+    },
 }
 
-/// Placeholder for the TLS settings of a later issue (`--cert-file`, `--key-file`,
-/// `--client-cert-auth`, `--trusted-ca-file`). `serve` refuses a config that sets it.
+/// A TLS protocol version for `--tls-min-version` / `--tls-max-version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// Parses etcd's spelling: `TLS1.2` or `TLS1.3`.
+    pub fn parse(text: &str) -> Result<TlsVersion, String> {
+        match text {
+            "TLS1.2" => Ok(TlsVersion::Tls12),
+            "TLS1.3" => Ok(TlsVersion::Tls13),
+            "TLS1.0" | "TLS1.1" => Err(format!(
+                "{text} is not supported (Coffer speaks TLS1.2 and TLS1.3)"
+            )),
+            _ => Err(format!(
+                "unknown TLS version {text:?}; expected TLS1.2 or TLS1.3"
+            )),
+        }
+    }
+}
+
+/// The TLS flags, etcd's names: `--cert-file`, `--key-file`, `--trusted-ca-file`,
+/// `--client-cert-auth`, `--client-crl-file`, `--cipher-suites`, `--tls-min-version`,
+/// `--tls-max-version`. Used by `https://` and `unixs://` listeners.
 #[derive(Debug, Clone, Default)]
-pub struct TlsConfig {}
+pub struct TlsConfig {
+    /// `--cert-file`: the server certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// `--key-file`: the server's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// `--trusted-ca-file`: CA bundle for client certificates; setting it turns client
+    /// certificate authentication on.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`: require a client certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+    /// `--client-crl-file`: revoked client certificates (PEM CRLs).
+    pub client_crl_file: Option<PathBuf>,
+    /// `--cipher-suites`: IANA/Go names of the TLS 1.2 suites allowed (empty = rustls's).
+    pub cipher_suites: Vec<String>,
+    /// `--tls-min-version` (default TLS1.2).
+    pub min_version: Option<TlsVersion>,
+    /// `--tls-max-version` (default TLS1.3).
+    pub max_version: Option<TlsVersion>,
+    /// How often the files are checked for changes ([`DEFAULT_TLS_RELOAD_INTERVAL`] if `None`).
+    pub reload_interval: Option<Duration>,
+}
+
+impl TlsConfig {
+    /// Whether clients must present a certificate (`--client-cert-auth` or
+    /// `--trusted-ca-file`).
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_cert_auth || self.trusted_ca_file.is_some()
+    }
+}
+
+/// Connection handling: limits, timeouts and HTTP/2 keepalive.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// `--max-connections`: open client connections at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// A connection with no open request that sent nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// `--grpc-keepalive-interval`: HTTP/2 PING sent after this long without frames.
+    pub keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`: a PING unanswered this long closes the connection (and
+    /// the Watch streams on it).
+    pub keepalive_timeout: Duration,
+    /// `--grpc-keepalive-min-time`: accepted for etcd compatibility; hyper cannot enforce a
+    /// minimum interval between client pings.
+    pub keepalive_min_time: Duration,
+    /// `--insecure-listen-plaintext`: allow `http://` on non-loopback addresses.
+    pub insecure_listen_plaintext: bool,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            keepalive_min_time: DEFAULT_KEEPALIVE_MIN_TIME,
+            insecure_listen_plaintext: false,
+        }
+    }
+}
 
 /// Authentication settings: `--auth-token`, `--auth-token-ttl`, `--bcrypt-cost`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +230,10 @@ pub struct ServerConfig {
     pub cluster_id: u64,
     /// Member id in every response header (persisted by the store).
     pub member_id: u64,
-    /// TLS (a later issue); must be `None` for now.
+    /// The TLS flags; `None` when none is given (then only `http://` and `unix://` listen).
     pub tls: Option<TlsConfig>,
+    /// Connection limits, timeouts and keepalive.
+    pub transport: TransportConfig,
     /// `--watch-progress-notify-interval` / `--experimental-watch-progress-notify-interval`:
     /// period of progress notifications to watchers with `progress_notify` (values below
     /// [`MIN_WATCH_PROGRESS_NOTIFY_INTERVAL`] are raised to it when serving).
@@ -129,6 +266,7 @@ impl ServerConfig {
             cluster_id,
             member_id,
             tls: None,
+            transport: TransportConfig::default(),
             watch_progress_notify_interval: DEFAULT_WATCH_PROGRESS_NOTIFY_INTERVAL,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -152,33 +290,59 @@ impl ServerConfig {
     }
 }
 
-/// A listen URL split into host and port, before name resolution.
+/// The listen URL forms, for errors.
+const LISTEN_URL_FORMS: &str =
+    "expected http://host:port, https://host:port, unix://path or unixs://path";
+
+/// Where a listen URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP host name or IP literal (brackets removed from IPv6) and port (0 = any free).
+    Tcp {
+        /// Host name or IP literal.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// A unix socket file.
+    Unix(PathBuf),
+}
+
+/// A parsed listen URL: `http://` or `https://host:port`, `unix://` or `unixs://path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenUrl {
-    /// Host name or IP literal (brackets removed from IPv6).
-    pub host: String,
-    /// TCP port (0 = any free port).
-    pub port: u16,
+    /// Where to listen.
+    pub addr: ListenAddr,
+    /// Whether connections are TLS (`https`, `unixs`).
+    pub tls: bool,
 }
 
 impl ListenUrl {
-    /// Parses `http://host:port`. `https` waits for TLS; unix sockets are not supported yet.
+    /// Parses a listen URL. For unix sockets everything after `unix://` is the socket path,
+    /// as in etcd (`unix://localhost:2379` is the file `localhost:2379` in the working
+    /// directory; `unix:///run/coffer.sock` an absolute path).
     pub fn parse(url: &str) -> Result<ListenUrl, ConfigError> {
         let bad = |reason: &str| ConfigError::ListenUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let rest = if let Some(rest) = url.strip_prefix("http://") {
-            rest
-        } else if url.starts_with("https://") || url.starts_with("unixs://") {
-            return Err(bad("TLS listeners are not supported yet; use http://"));
-        } else if url.starts_with("unix://") {
-            return Err(bad(
-                "unix socket listeners are not supported yet; use http://",
-            ));
-        } else {
-            return Err(bad("expected http://host:port"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad(LISTEN_URL_FORMS))?;
+        let (unix, tls) = match scheme {
+            "http" => (false, false),
+            "https" => (false, true),
+            "unix" => (true, false),
+            "unixs" => (true, true),
+            _ => return Err(bad(LISTEN_URL_FORMS)),
         };
+        if unix {
+            if rest.is_empty() || rest.contains('?') || rest.contains('#') {
+                return Err(bad("expected unix[s]://path"));
+            }
+            return Ok(ListenUrl {
+                addr: ListenAddr::Unix(PathBuf::from(rest)),
+                tls,
+            });
+        }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('?') || rest.contains('#') {
             return Err(bad("a listen URL has no path"));
@@ -201,28 +365,77 @@ impl ListenUrl {
             .parse()
             .map_err(|_| bad("the port is not a number between 0 and 65535"))?;
         Ok(ListenUrl {
-            host: host.to_owned(),
-            port,
+            addr: ListenAddr::Tcp {
+                host: host.to_owned(),
+                port,
+            },
+            tls,
         })
     }
 
-    /// Resolves the host to socket addresses.
+    /// Resolves a TCP host to socket addresses (none for a unix socket).
     pub async fn resolve(&self, url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+        let ListenAddr::Tcp { host, port } = &self.addr else {
+            return Ok(Vec::new());
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
             .await
             .map_err(|e| ConfigError::ListenUrl {
                 url: url.to_owned(),
-                reason: format!("cannot resolve host {:?}: {e}", self.host),
+                reason: format!("cannot resolve host {host:?}: {e}"),
             })?
             .collect();
         if addrs.is_empty() {
             return Err(ConfigError::ListenUrl {
                 url: url.to_owned(),
-                reason: format!("host {:?} resolves to no address", self.host),
+                reason: format!("host {host:?} resolves to no address"),
             });
         }
         Ok(addrs)
     }
+}
+
+/// Checks the listen URLs against the TLS and plaintext rules: TLS listeners need
+/// `--cert-file` and `--key-file`; `--client-cert-auth` needs `--trusted-ca-file`; plaintext
+/// `http://` on a non-loopback address needs `--insecure-listen-plaintext`. `resolved` holds
+/// each TCP URL's addresses.
+pub fn check_listeners(
+    config: &ServerConfig,
+    resolved: &[(String, ListenUrl, Vec<SocketAddr>)],
+) -> Result<(), ConfigError> {
+    let empty = TlsConfig::default();
+    let tls = config.tls.as_ref().unwrap_or(&empty);
+    if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+        return Err(ConfigError::TlsFlags(
+            "--client-cert-auth needs --trusted-ca-file: the CA bundle that signs the client \
+             certificates"
+                .to_owned(),
+        ));
+    }
+    if tls.client_crl_file.is_some() && tls.trusted_ca_file.is_none() {
+        return Err(ConfigError::TlsFlags(
+            "--client-crl-file needs --trusted-ca-file (and client certificate authentication)"
+                .to_owned(),
+        ));
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(ConfigError::TlsFlags(
+            "--cert-file and --key-file go together: give both or neither".to_owned(),
+        ));
+    }
+    for (url, parsed, addrs) in resolved {
+        if parsed.tls {
+            if tls.cert_file.is_none() || tls.key_file.is_none() {
+                return Err(ConfigError::MissingCertKey { url: url.clone() });
+            }
+        } else if matches!(parsed.addr, ListenAddr::Tcp { .. })
+            && !config.transport.insecure_listen_plaintext
+            && addrs.iter().any(|a| !a.ip().is_loopback())
+        {
+            return Err(ConfigError::PlaintextExposure { url: url.clone() });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -232,28 +445,28 @@ mod tests {
 
     #[test]
     fn listen_urls() {
+        let tcp = |host: &str, port| ListenAddr::Tcp {
+            host: host.into(),
+            port,
+        };
+        let parsed = ListenUrl::parse("http://127.0.0.1:2379").unwrap();
+        assert_eq!((parsed.addr, parsed.tls), (tcp("127.0.0.1", 2379), false));
+        let parsed = ListenUrl::parse("https://[::1]:0/").unwrap();
+        assert_eq!((parsed.addr, parsed.tls), (tcp("::1", 0), true));
+        let parsed = ListenUrl::parse("unix://localhost:2379").unwrap();
         assert_eq!(
-            ListenUrl::parse("http://127.0.0.1:2379").unwrap(),
-            ListenUrl {
-                host: "127.0.0.1".into(),
-                port: 2379
-            }
+            (parsed.addr, parsed.tls),
+            (ListenAddr::Unix("localhost:2379".into()), false)
         );
+        let parsed = ListenUrl::parse("unixs:///run/c.sock").unwrap();
         assert_eq!(
-            ListenUrl::parse("http://[::1]:0/").unwrap(),
-            ListenUrl {
-                host: "::1".into(),
-                port: 0
-            }
-        );
-        assert_eq!(
-            ListenUrl::parse("http://localhost:1").unwrap().host,
-            "localhost"
+            (parsed.addr, parsed.tls),
+            (ListenAddr::Unix("/run/c.sock".into()), true)
         );
         for bad in [
             "127.0.0.1:2379",
-            "https://127.0.0.1:2379",
-            "unix://sock",
+            "ftp://127.0.0.1:2379",
+            "unix://",
             "http://127.0.0.1",
             "http://:2379",
             "http://127.0.0.1:99999",

@@ -7,8 +7,8 @@
 //! store errors to etcd's gRPC codes and `etcdserver: ...` strings. Thin: it translates,
 //! checks and delegates to the store.
 //!
-//! [`serve`] binds every listen URL and serves until the shutdown future completes, then
-//! drains the open requests.
+//! [`serve`] binds every listen URL (TCP or unix socket, plaintext or TLS, see `transport`)
+//! and serves until the shutdown future completes, then drains the open requests.
 
 pub mod auth;
 pub mod authority;
@@ -23,24 +23,26 @@ pub mod lease;
 pub mod maintenance;
 pub mod peer;
 pub mod state;
+pub mod tls;
+mod transport;
 pub mod validate;
 pub mod watch;
 pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use coffer_proto::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
 use coffer_store::Backend;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
-use tracing::info;
+use tracing::{info, warn};
 
-pub use config::{ConfigError, ServerConfig, TlsConfig};
+pub use config::{ConfigError, ServerConfig, TlsConfig, TlsVersion, TransportConfig};
 pub use errors::ServerError;
 pub use maintenance::{Defragment, SnapshotSource};
 
@@ -48,6 +50,9 @@ pub use maintenance::{Defragment, SnapshotSource};
 /// whose RequestProgress behaviour Coffer implements (kube-apiserver gates on it). Coffer's own
 /// version is in `coffer --version` and the logs.
 pub const ETCD_VERSION: &str = "3.5.21";
+
+/// How often the `--insecure-listen-plaintext` warning is repeated.
+const PLAINTEXT_WARNING_PERIOD: Duration = Duration::from_secs(600);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -74,43 +79,91 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// TLS was configured; it arrives with a later issue.
-    #[error("TLS is not supported yet")]
-    TlsUnsupported,
-    /// The gRPC transport failed.
-    #[error("gRPC transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    /// A unix socket could not be bound.
+    #[error("cannot listen on unix socket {path} (from {url}): {source}")]
+    BindUnix {
+        /// The listen URL.
+        url: String,
+        /// The socket file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Bound listeners, ready to serve. Binding first lets callers learn the real ports
-/// (a listen URL may use port 0).
+/// (a listen URL may use port 0); the TLS files are read here too, so a bad one stops the
+/// start.
 #[derive(Debug)]
 pub struct Listeners {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<transport::Listener>,
+    tls: Option<tls::TlsReloader>,
+    /// Plaintext listeners on non-loopback addresses (allowed by --insecure-listen-plaintext).
+    exposed: Vec<String>,
 }
 
 impl Listeners {
-    /// The addresses actually bound.
+    /// The TCP addresses actually bound.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| match l {
+                transport::Listener::Tcp { listener, .. } => listener.local_addr().ok(),
+                transport::Listener::Unix { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The unix socket files bound.
+    pub fn unix_paths(&self) -> Vec<PathBuf> {
+        self.listeners
+            .iter()
+            .filter_map(|l| match l {
+                transport::Listener::Unix { path, .. } => Some(path.clone()),
+                transport::Listener::Tcp { .. } => None,
+            })
             .collect()
     }
 }
 
-/// Binds every `--listen-client-urls` entry (each host may resolve to several addresses).
+/// Binds every `--listen-client-urls` entry (each host may resolve to several addresses),
+/// after checking the TLS and plaintext rules and loading the TLS files. Must run inside a
+/// tokio runtime (the TLS reloader is a task).
 pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
-    if config.tls.is_some() {
-        return Err(ServeError::TlsUnsupported);
-    }
     if config.listen_client_urls.is_empty() {
         return Err(ConfigError::NoListenUrl.into());
     }
-    let mut listeners = Vec::new();
+    let mut resolved = Vec::new();
     for url in &config.listen_client_urls {
         let parsed = config::ListenUrl::parse(url)?;
-        for addr in parsed.resolve(url).await? {
+        let addrs = parsed.resolve(url).await?;
+        resolved.push((url.clone(), parsed, addrs));
+    }
+    config::check_listeners(config, &resolved)?;
+    let tls = match &config.tls {
+        Some(t) if resolved.iter().any(|(_, p, _)| p.tls) => Some(tls::TlsReloader::start(t)?),
+        _ => None,
+    };
+    let mut listeners = Vec::new();
+    let mut exposed = Vec::new();
+    for (url, parsed, addrs) in resolved {
+        if let config::ListenAddr::Unix(path) = &parsed.addr {
+            let listener = transport::bind_unix(path).map_err(|source| ServeError::BindUnix {
+                url: url.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            listeners.push(transport::Listener::Unix {
+                listener,
+                path: path.clone(),
+                tls: parsed.tls,
+            });
+            continue;
+        }
+        if !parsed.tls && addrs.iter().any(|a| !a.ip().is_loopback()) {
+            exposed.push(url.clone());
+        }
+        for addr in addrs {
             let listener = TcpListener::bind(addr).await.map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AddrInUse {
                     ServeError::AddrInUse {
@@ -125,15 +178,33 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
                     }
                 }
             })?;
-            listeners.push(listener);
+            listeners.push(transport::Listener::Tcp {
+                listener,
+                tls: parsed.tls,
+            });
         }
     }
-    Ok(listeners.into())
+    Ok(Listeners {
+        listeners,
+        tls,
+        exposed,
+    })
 }
 
 impl From<Vec<TcpListener>> for Listeners {
+    /// Plaintext TCP listeners (tests bind their own).
     fn from(listeners: Vec<TcpListener>) -> Self {
-        Listeners { listeners }
+        Listeners {
+            listeners: listeners
+                .into_iter()
+                .map(|listener| transport::Listener::Tcp {
+                    listener,
+                    tls: false,
+                })
+                .collect(),
+            tls: None,
+            exposed: Vec::new(),
+        }
     }
 }
 
@@ -162,12 +233,10 @@ where
     B: Backend + Defragment + maintenance::SnapshotSource,
     F: Future<Output = ()>,
 {
-    if config.tls.is_some() {
-        return Err(ServeError::TlsUnsupported);
-    }
     let max_recv = config.max_decoding_message_size();
     let max_send = config.max_encoding_message_size();
     let max_streams = config.max_concurrent_streams;
+    let transport_config = config.transport.clone();
     let shared = state::Shared::new(config);
 
     let kv = KvServer::new(kv::KvService::new(backend.clone(), shared.clone()))
@@ -186,73 +255,96 @@ where
     ))
     .max_decoding_message_size(max_recv)
     .max_encoding_message_size(max_send);
-    let cluster = ClusterServer::new(cluster::ClusterService::new(backend, shared.clone()))
-        .max_decoding_message_size(max_recv)
-        .max_encoding_message_size(max_send);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(
+        backend.clone(),
+        shared.clone(),
+    ))
+    .max_decoding_message_size(max_recv)
+    .max_encoding_message_size(max_send);
     // The reporter starts with service "" SERVING, as etcd registers it.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
 
-    // Watch, Lease and Auth are added here by their issues; TLS and the auth check become a
-    // layer on this builder.
+    // Auth is added here by its issue.
     let watch = watch_hub.map(|hub| {
         coffer_proto::watch_server::WatchServer::new(watch::WatchService::new(hub, shared.clone()))
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(max_send)
     });
-    let router = Server::builder()
-        .max_concurrent_streams(Some(max_streams))
-        .layer(wire::EtcdWireLayer)
-        .add_service(health)
+    let mut routes = tonic::service::Routes::new(health)
         .add_service(kv)
         .add_service(maintenance)
         .add_service(cluster)
-        .add_optional_service(watch)
         .add_service(lease);
+    if let Some(watch) = watch {
+        routes = routes.add_service(watch);
+    }
+    let grpc = tower_layer::Layer::layer(&wire::EtcdWireLayer, routes.prepare());
+    let http: transport::HttpFn = {
+        let (backend, shared) = (backend.clone(), shared.clone());
+        Arc::new(move |method, path| {
+            let (backend, shared) = (backend.clone(), shared.clone());
+            Box::pin(async move { http::respond(&*backend, &shared, &method, &path).await })
+        })
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let conn_shared = Arc::new(transport::Shared {
+        grpc,
+        http,
+        builder: transport::builder(&transport_config, max_streams),
+        connections: Arc::new(tokio::sync::Semaphore::new(
+            transport_config.max_connections,
+        )),
+        transport: transport_config,
+        tls: listeners.tls.clone(),
+        stop: stop_rx,
+    });
     let addrs = listeners.local_addrs();
-    let servers = futures::future::try_join_all(listeners.listeners.into_iter().map(|listener| {
-        // Every connection goes through AuthorityRepair: etcdctl 3.4 sends `:authority`
-        // values h2 rejects (see authority.rs).
-        let incoming = futures::TryStreamExt::map_ok(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            authority::AuthorityRepair::new,
-        );
-        let mut stop = stop_rx.clone();
-        let router = router.clone();
-        async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    // An error means the sender is gone, which also means stop.
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        }
-    }));
+    let paths = listeners.unix_paths();
+    let exposed = listeners.exposed.clone();
+    // Every accept loop and connection task holds a sender; all gone = drained.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    for listener in listeners.listeners {
+        tokio::spawn(transport::accept_loop(
+            listener,
+            conn_shared.clone(),
+            done_tx.clone(),
+        ));
+    }
+    drop(done_tx);
+    drop(conn_shared);
+    let warner = (!exposed.is_empty()).then(|| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PLAINTEXT_WARNING_PERIOD);
+            loop {
+                tick.tick().await;
+                warn!(
+                    urls = ?exposed,
+                    "--insecure-listen-plaintext: serving plaintext HTTP on non-loopback \
+                     addresses; anyone on the network can read and change every key"
+                );
+            }
+        })
+    });
     info!(
         addrs = ?addrs,
+        unix_sockets = ?paths,
         etcd_version = ETCD_VERSION,
         member_id = format_args!("{:x}", shared.config.member_id),
         cluster_id = format_args!("{:x}", shared.config.cluster_id),
         "serving the etcd v3 API"
     );
 
-    tokio::pin!(servers);
-    tokio::pin!(shutdown);
-    tokio::select! {
-        res = &mut servers => {
-            res?;
-            return Ok(());
-        }
-        () = &mut shutdown => {
-            info!("shutting down: no new connections; draining open requests");
-            // End Watch and LeaseKeepAlive streams, then stop the listeners and drain.
-            shared.stop();
-            // Receivers are alive as long as the servers are.
-            let _ = stop_tx.send(true);
-        }
+    shutdown.await;
+    info!("shutting down: no new connections; draining open requests");
+    // End Watch and LeaseKeepAlive streams, then stop the listeners and drain.
+    shared.stop();
+    let _ = stop_tx.send(true);
+    if let Some(w) = warner {
+        w.abort();
     }
-    servers.await?;
+    // Returns None once every accept loop and connection task has ended.
+    let _ = done_rx.recv().await;
     info!("all listeners stopped");
     Ok(())
 }

@@ -56,9 +56,16 @@ rule's providers; every other key uses Coffer's default key (KMS v2 format), kep
 Snapshots (etcdctl snapshot save) are etcd's bbolt layout with the values still sealed; \
 `coffer snapshot restore` turns one back into a data directory. Writes are refused while the \
 NOSPACE alarm is active (--quota-backend-bytes) or the disk has less than 16 MiB free.\n\n\
-Auth and TLS are not served yet (Auth answers UNIMPLEMENTED).",
+TLS: https:// and unixs:// listen URLs serve TLS with --cert-file and --key-file; \
+--trusted-ca-file (or --client-cert-auth with it) requires client certificates signed by that CA, \
+checked against --client-crl-file. The files are re-read when they change. gRPC and the HTTP \
+endpoints (/health, /version, /metrics) share each port. Plaintext http:// is refused on \
+non-loopback addresses unless --insecure-listen-plaintext is given. See docs/tls.md.\n\n\
+Auth is not served yet (Auth answers UNIMPLEMENTED).",
     after_help = "Examples:\n  coffer serve\n  coffer serve --name node1 --data-dir /var/lib/coffer \
---listen-client-urls http://127.0.0.1:2379\n  coffer serve --encryption-provider-config /etc/kubernetes/enc.yaml"
+--listen-client-urls http://127.0.0.1:2379\n  coffer serve --encryption-provider-config /etc/kubernetes/enc.yaml\n  \
+coffer serve --listen-client-urls https://0.0.0.0:2379 --cert-file server.crt --key-file server.key \
+--trusted-ca-file ca.crt"
 )]
 pub struct Args {
     /// Human-readable name of this member (MemberList).
@@ -67,7 +74,8 @@ pub struct Args {
     /// Data directory [default: <name>.coffer].
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Comma-separated URLs to serve clients on (http://host:port).
+    /// Comma-separated URLs to serve clients on: http://host:port, https://host:port (TLS),
+    /// unix://path or unixs://path (a unix socket, mode 0600; TLS with unixs).
     #[arg(
         long,
         env = "ETCD_LISTEN_CLIENT_URLS",
@@ -149,6 +157,52 @@ pub struct Args {
     /// [default: $XDG_CONFIG_HOME/coffer/<name>.key, else ~/.config/coffer/<name>.key].
     #[arg(long)]
     pub default_key_file: Option<PathBuf>,
+    /// Server TLS certificate chain (PEM), for https:// and unixs:// listeners.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Server TLS private key (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs client certificates; setting it turns client certificate
+    /// authentication on.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file on TLS listeners.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Certificate revocation lists (PEM) for client certificates; a revoked one is refused
+    /// at the handshake.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Comma-separated TLS 1.2 cipher suites (IANA/Go names such as
+    /// TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256); only ECDHE with AES-GCM or ChaCha20-Poly1305
+    /// is supported. TLS 1.3 suites are always on.
+    #[arg(long, env = "ETCD_CIPHER_SUITES", value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+    /// Lowest TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", value_parser = coffer_server::TlsVersion::parse)]
+    pub tls_min_version: Option<coffer_server::TlsVersion>,
+    /// Highest TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", value_parser = coffer_server::TlsVersion::parse)]
+    pub tls_max_version: Option<coffer_server::TlsVersion>,
+    /// Allow plaintext http:// listen URLs on non-loopback addresses (anyone on the network
+    /// can then read and change every key). Coffer's own flag; warned about every 10 minutes.
+    #[arg(long)]
+    pub insecure_listen_plaintext: bool,
+    /// Most client connections open at once; more wait in the accept queue. Coffer's own flag.
+    #[arg(long, default_value_t = coffer_server::config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// HTTP/2 PING interval on a quiet connection (a Go duration).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_interval)]
+    pub grpc_keepalive_interval: std::time::Duration,
+    /// How long a PING may go unanswered before the connection and its streams (watchers) are
+    /// dropped.
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_interval)]
+    pub grpc_keepalive_timeout: std::time::Duration,
+    /// Accepted for etcd compatibility and NOT enforced: hyper's HTTP/2 server cannot refuse
+    /// clients that ping more often than this (etcd answers them with GOAWAY).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s", value_parser = parse_interval)]
+    pub grpc_keepalive_min_time: std::time::Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -205,6 +259,8 @@ pub(crate) struct Plan {
     config: Option<PathBuf>,
     etcd_prefix: String,
     auth: coffer_server::config::AuthConfig,
+    tls: Option<coffer_server::TlsConfig>,
+    transport: coffer_server::TransportConfig,
 }
 
 impl Plan {
@@ -253,10 +309,48 @@ impl Plan {
             advertise = listen.clone();
         }
         for url in &advertise {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("--advertise-client-urls {url:?}: expected http://host:port");
+            if !["http://", "https://", "unix://", "unixs://"]
+                .iter()
+                .any(|s| url.starts_with(s))
+            {
+                bail!("--advertise-client-urls {url:?}: expected http[s]://host:port");
             }
         }
+        let tls = coffer_server::TlsConfig {
+            cert_file: args.cert_file.clone(),
+            key_file: args.key_file.clone(),
+            trusted_ca_file: args.trusted_ca_file.clone(),
+            client_cert_auth: args.client_cert_auth,
+            client_crl_file: args.client_crl_file.clone(),
+            cipher_suites: args
+                .cipher_suites
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            min_version: args.tls_min_version,
+            max_version: args.tls_max_version,
+            reload_interval: None,
+        };
+        let any_tls = tls.cert_file.is_some()
+            || tls.key_file.is_some()
+            || tls.trusted_ca_file.is_some()
+            || tls.client_cert_auth
+            || tls.client_crl_file.is_some()
+            || !tls.cipher_suites.is_empty()
+            || tls.min_version.is_some()
+            || tls.max_version.is_some();
+        if args.max_connections == 0 {
+            bail!("--max-connections must be positive");
+        }
+        let transport = coffer_server::TransportConfig {
+            max_connections: args.max_connections,
+            keepalive_interval: args.grpc_keepalive_interval,
+            keepalive_timeout: args.grpc_keepalive_timeout,
+            keepalive_min_time: args.grpc_keepalive_min_time,
+            insecure_listen_plaintext: args.insecure_listen_plaintext,
+            ..coffer_server::TransportConfig::default()
+        };
         if args.max_request_bytes == 0 {
             bail!("--max-request-bytes must be positive");
         }
@@ -304,6 +398,8 @@ impl Plan {
             config: args.encryption_provider_config.clone(),
             etcd_prefix: args.etcd_prefix.clone(),
             auth,
+            tls: any_tls.then_some(tls),
+            transport,
         })
     }
 }
@@ -620,6 +716,8 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.max_concurrent_snapshots = plan.max_concurrent_snapshots;
     config.watch_progress_notify_interval = plan.watch_progress_notify_interval;
     config.auth = plan.auth.clone();
+    config.tls = plan.tls.clone();
+    config.transport = plan.transport.clone();
 
     // Without the handlers a SIGTERM would kill the process without the drain and the final
     // commit: refuse to serve rather than serve without a clean stop.
@@ -642,6 +740,9 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     };
     for addr in listeners.local_addrs() {
         info!(%addr, "ready to serve client requests");
+    }
+    for path in listeners.unix_paths() {
+        info!(path = %path.display(), "ready to serve client requests");
     }
 
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(0u32);
@@ -863,13 +964,13 @@ mod tests {
     fn bad_listen_url_is_refused() {
         let args = parse(&[
             "--listen-client-urls",
-            "https://127.0.0.1:2379",
+            "ftp://127.0.0.1:2379",
             "--default-key-file",
             "/tmp/k",
         ])
         .unwrap();
         let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
-        assert!(err.contains("https://127.0.0.1:2379"), "{err}");
+        assert!(err.contains("ftp://127.0.0.1:2379"), "{err}");
     }
 
     /// A data directory made before the default key's derivation changed records the first

@@ -22,6 +22,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 mod limits;
+mod tls;
+mod transport;
 
 struct Running {
     endpoint: String,
@@ -44,19 +46,15 @@ async fn start_with_quota(max_request_bytes: usize, quota_backend_bytes: i64) ->
     .await
 }
 
-/// A server on the default limits (but `--max-txn-ops 4`), changed by `configure`.
-async fn start_configured(
-    quota_backend_bytes: i64,
-    configure: impl FnOnce(&mut ServerConfig),
-) -> Running {
-    let dir = tempfile::tempdir().unwrap();
+/// A fresh store in `dir/data` with a fixed default key in memory.
+fn open_store(dir: &std::path::Path, quota_backend_bytes: i64) -> Arc<EmbeddedStore> {
     let rng: Arc<dyn RandomSource> = Arc::new(SystemRandom::new().unwrap());
     let key = DefaultKey::from_secret(SecretBytes::new(vec![7u8; 32])).unwrap();
     let keyspace =
         Keyspace::default_only(Arc::new(key.key_service(rng.clone()).unwrap()), rng).unwrap();
-    let store = Arc::new(
+    Arc::new(
         EmbeddedStore::open(
-            &dir.path().join("data"),
+            &dir.join("data"),
             Arc::new(keyspace),
             StoreOptions {
                 quota_backend_bytes,
@@ -64,7 +62,16 @@ async fn start_configured(
             },
         )
         .unwrap(),
-    );
+    )
+}
+
+/// A server on the default limits (but `--max-txn-ops 4`), changed by `configure`.
+async fn start_configured(
+    quota_backend_bytes: i64,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), quota_backend_bytes);
     let mut config = ServerConfig::new(store.cluster_id(), store.member_id());
     config.name = "it".into();
     config.listen_client_urls = vec!["http://127.0.0.1:0".into()];
