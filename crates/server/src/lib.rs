@@ -10,7 +10,6 @@
 //! [`serve`] binds every listen URL and serves until the shutdown future completes, then
 //! drains the open requests.
 
-pub mod authority;
 pub mod cluster;
 pub mod config;
 pub mod errors;
@@ -211,10 +210,10 @@ where
     let addrs = listeners.local_addrs();
     let servers = futures::future::try_join_all(listeners.listeners.into_iter().map(|listener| {
         // Every connection goes through AuthorityRepair: etcdctl 3.4 sends `:authority`
-        // values h2 rejects (see authority.rs).
+        // values h2 rejects (see coffer-authority).
         let incoming = futures::TryStreamExt::map_ok(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            authority::AuthorityRepair::new,
+            coffer_authority::AuthorityRepair::new,
         );
         let mut stop = stop_rx.clone();
         let router = router.clone();
