@@ -751,12 +751,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
                 continue;
             }
             if this.eof {
-                // A truncated frame: hand over what there is and let the server see the EOF.
-                if rw.inbuf.is_empty() {
+                // A truncated frame or block: hand over what there is as it came, and let
+                // the server see the EOF.
+                if rw.inbuf.is_empty() && rw.block.is_none() {
                     return Poll::Ready(Ok(()));
                 }
-                let rest = rw.inbuf.split();
-                rw.out.extend_from_slice(&rest);
+                rw.give_up();
                 continue;
             }
             if filled_any {
