@@ -401,6 +401,7 @@ impl Rewriter {
                         return Ok(0);
                     }
                     let Some(h) = FrameHead::parse(&self.inbuf) else {
+                        release(&mut self.inbuf);
                         return Ok(FRAME_HEADER_LEN - self.inbuf.len());
                     };
                     match self.classify(&h)? {

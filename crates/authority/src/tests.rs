@@ -819,19 +819,17 @@ fn representation() -> impl Strategy<Value = Vec<u8>> {
         4 => proptest::collection::vec(any::<u8>(), 0..40),
         1 => proptest::collection::vec(any::<u8>(), 0..300),
     ];
-    let string = (any::<bool>(), bytes).prop_map(
-        |(huffman, s)| {
-            let mut out = Vec::new();
-            if huffman {
-                let coded = huffman_encode(&s);
-                encode_int(&mut out, 0x80, 7, coded.len());
-                out.extend_from_slice(&coded);
-            } else {
-                encode_str(&mut out, &s);
-            }
-            out
-        },
-    );
+    let string = (any::<bool>(), bytes).prop_map(|(huffman, s)| {
+        let mut out = Vec::new();
+        if huffman {
+            let coded = huffman_encode(&s);
+            encode_int(&mut out, 0x80, 7, coded.len());
+            out.extend_from_slice(&coded);
+        } else {
+            encode_str(&mut out, &s);
+        }
+        out
+    });
     prop_oneof![
         18 => prop_oneof![8 => 1usize..62, 1 => 62usize..68].prop_map(|i| {
             let mut out = Vec::new();
@@ -1174,11 +1172,21 @@ fn announced_sizes_reserve_nothing() {
 async fn oversized_frames_hand_the_rest_to_h2() {
     let mut enc = loona_hpack::Encoder::new();
     let repair: Vec<(&[u8], &[u8])> = vec![(b":authority", b"http://h:1")];
-    let first = frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &enc.encode(repair.clone()));
+    let first = frame(
+        TYPE_HEADERS,
+        FLAG_END_HEADERS,
+        1,
+        &enc.encode(repair.clone()),
+    );
     let last = frame(TYPE_HEADERS, FLAG_END_HEADERS, 5, &enc.encode(repair));
     for oversized in [
         frame(0x0, 0, 1, &vec![7; MAX_FRAME_SIZE + 1]),
-        frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &vec![0x82; MAX_FRAME_SIZE + 1]),
+        frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            3,
+            &vec![0x82; MAX_FRAME_SIZE + 1],
+        ),
     ] {
         let input = client_stream(&[first.clone(), oversized.clone(), last.clone()]);
         let out = rewrite_with_chunks(&input, 1000).await.unwrap();
@@ -1240,10 +1248,8 @@ fn idle_connections_are_small() {
     let state = std::mem::size_of::<Rewriter>();
     assert!(state <= 320, "{state} bytes");
     let big = "v".repeat(40_000);
-    let headers: Vec<(&[u8], &[u8])> = vec![
-        (b":authority", b"http://h:1"),
-        (b"x-big", big.as_bytes()),
-    ];
+    let headers: Vec<(&[u8], &[u8])> =
+        vec![(b":authority", b"http://h:1"), (b"x-big", big.as_bytes())];
     let block = loona_hpack::Encoder::new().encode(headers);
     let mut parts = Vec::new();
     let mut chunks = block.chunks(MAX_FRAME_SIZE).peekable();
@@ -1299,6 +1305,10 @@ enum End {
     Invalid,
 }
 
+/// A header block [`semantics`] is collecting: start offset, stream, flags of its HEADERS,
+/// priority fields, fragment, frames so far.
+type ModelBlock = (usize, u32, u8, Option<Vec<u8>>, Vec<u8>, usize);
+
 /// Parses a client stream the way h2 with hyper's limits would, decoding header blocks with
 /// the reference decoder; with `rule`, applies it to `:authority` values.
 fn semantics(bytes: &[u8], rule: Option<RepairRule>) -> (Vec<Item>, End) {
@@ -1309,8 +1319,7 @@ fn semantics(bytes: &[u8], rule: Option<RepairRule>) -> (Vec<Item>, End) {
     let mut decoder = loona_hpack::Decoder::new();
     decoder.set_max_allowed_table_size(MAX_DYNAMIC_TABLE);
     let mut pos = PREFACE.len();
-    // (start offset, stream, flags of HEADERS, priority, fragment, frames)
-    let mut block: Option<(usize, u32, u8, Option<Vec<u8>>, Vec<u8>, usize)> = None;
+    let mut block: Option<ModelBlock> = None;
     loop {
         let Some(h) = FrameHead::parse(&bytes[pos..]) else {
             let end = if pos == bytes.len() && block.is_none() {
@@ -1338,7 +1347,14 @@ fn semantics(bytes: &[u8], rule: Option<RepairRule>) -> (Vec<Item>, End) {
                     let p = FRAME_HEADER_LEN + usize::from(h.flags & FLAG_PADDED != 0);
                     frame[p..p + 5].to_vec()
                 });
-                block = Some((pos, h.stream_id, h.flags, priority, frame[range].to_vec(), 1));
+                block = Some((
+                    pos,
+                    h.stream_id,
+                    h.flags,
+                    priority,
+                    frame[range].to_vec(),
+                    1,
+                ));
             }
             (Some(b), TYPE_CONTINUATION) if b.1 == h.stream_id => {
                 if h.flags & FLAG_END_HEADERS == 0 && b.5 > MAX_CONTINUATION_FRAMES {
@@ -1431,14 +1447,16 @@ fn piece() -> impl Strategy<Value = Piece> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(authority, fields, split, padded, priority, end_stream)| Piece::Request {
-            authority,
-            fields,
-            split,
-            padded,
-            priority,
-            end_stream,
-        });
+        .prop_map(
+            |(authority, fields, split, padded, priority, end_stream)| Piece::Request {
+                authority,
+                fields,
+                split,
+                padded,
+                priority,
+                end_stream,
+            },
+        );
     prop_oneof![
         8 => request,
         4 => (
@@ -1467,10 +1485,8 @@ fn build_stream(pieces: &[Piece]) -> (Vec<u8>, bool) {
                 priority,
                 end_stream,
             } => {
-                let mut headers: Vec<(&[u8], &[u8])> = vec![
-                    (b":method", b"POST"),
-                    (b":authority", authority.as_bytes()),
-                ];
+                let mut headers: Vec<(&[u8], &[u8])> =
+                    vec![(b":method", b"POST"), (b":authority", authority.as_bytes())];
                 headers.extend(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
                 let block = enc.encode(headers);
                 let mut chunks: Vec<&[u8]> = block.chunks(*split).collect();

@@ -7,7 +7,10 @@ use crate::state::Shared;
 
 /// Whether `path` is one of the HTTP endpoints (anything else on the client port is gRPC).
 pub fn is_endpoint(path: &str) -> bool {
-    matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics")
+    matches!(
+        path,
+        "/health" | "/livez" | "/readyz" | "/version" | "/metrics"
+    )
 }
 
 /// The answer to an HTTP request for `path` (the body of the request is never read).
@@ -19,8 +22,14 @@ pub async fn respond<B: Backend>(
 ) -> http::Response<String> {
     let _ = (backend, shared, method);
     let (status, body) = match path {
-        "/health" => (http::StatusCode::OK, r#"{"health":"true","reason":""}"#.to_string()),
-        _ => (http::StatusCode::NOT_FOUND, "404 page not found\n".to_string()),
+        "/health" => (
+            http::StatusCode::OK,
+            r#"{"health":"true","reason":""}"#.to_string(),
+        ),
+        _ => (
+            http::StatusCode::NOT_FOUND,
+            "404 page not found\n".to_string(),
+        ),
     };
     let mut response = http::Response::new(body);
     *response.status_mut() = status;

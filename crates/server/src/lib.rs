@@ -13,8 +13,8 @@
 pub mod cluster;
 pub mod config;
 pub mod errors;
-pub mod http;
 mod hash;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
