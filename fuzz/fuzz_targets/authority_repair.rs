@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
     let piece = usize::from(*piece) + 1;
     let read_size = usize::from(*read_size) * 64 + 1;
 
-    let whole = read_all(AuthorityRepair::with_rule(&input[..], rule), 1 << 20);
+    let whole = read_all(AuthorityRepair::with_rule(&input[..], rule), input.len() + 1);
     let pieces = read_all(
         AuthorityRepair::with_rule(
             Pieces {

@@ -431,10 +431,15 @@ impl Rewriter {
         let payload = start_fragment(h, &frame)?;
         let block = match self.block.as_mut() {
             None => {
-                let priority = (h.flags & FLAG_PRIORITY != 0).then(|| {
-                    let p = &frame[FRAME_HEADER_LEN + usize::from(h.flags & FLAG_PADDED != 0)..];
-                    [p[0], p[1], p[2], p[3], p[4]]
-                });
+                let fields = FRAME_HEADER_LEN + usize::from(h.flags & FLAG_PADDED != 0);
+                let priority = if h.flags & FLAG_PRIORITY != 0 {
+                    frame
+                        .get(fields..)
+                        .and_then(|p| p.first_chunk::<5>())
+                        .copied()
+                } else {
+                    None
+                };
                 self.block.insert(Box::new(PendingBlock {
                     stream_id: h.stream_id,
                     end_stream: h.flags & FLAG_END_STREAM != 0,
