@@ -1,10 +1,15 @@
 //! Fuzzes the HTTP/2 `:authority` repair: any client byte stream, read in pieces of any size
 //! into buffers of any size, must give the same bytes (or the same failure) as when read in
-//! one go, never a panic or a hang. Seeds: a few HTTP/2 client streams, e.g. the etcdctl
-//! capture `crates/authority/src/testdata/etcdctl-3.4.23-endpoint-status.bin`.
+//! one go, never a panic or a hang. (What the output means to h2 is checked by the property
+//! tests in `crates/authority/src/tests.rs`.)
 //!
-//! Input: byte 0 picks the rule and whether the connection preface is prepended, byte 1
-//! the reader's piece size, byte 2 the caller's buffer size; the rest is the stream.
+//! Input: byte 0 picks the rule (bit 0) and whether the connection preface is prepended
+//! (bit 1 clear), byte 1 the reader's piece size, byte 2 the caller's buffer size; the rest
+//! is the stream. Seed: the etcdctl capture behind three bytes, e.g.
+//! `mkdir -p corpus/authority_repair && (printf '\002\007\003';
+//! cat ../crates/authority/src/testdata/etcdctl-3.4.23-endpoint-status.bin)
+//! > corpus/authority_repair/etcdctl`, then build and run with the stable recipe in
+//! `Cargo.toml` (`--bin authority_repair`, run with `-max_len=70000 corpus/authority_repair`).
 #![no_main]
 
 use std::io;

@@ -252,6 +252,8 @@ struct Rewriter {
     /// block is re-encoded as literals that leave h2's table as it was; nothing we send
     /// refers to it, so it no longer matters that it stops following the client's.
     rewriting: bool,
+    /// Scratch space for re-encoded blocks.
+    encoded: Vec<u8>,
     failed: Option<RepairError>,
 }
 
@@ -287,6 +289,7 @@ impl Rewriter {
             rule,
             repaired: 0,
             rewriting: false,
+            encoded: Vec::new(),
             failed: None,
         }
     }
@@ -297,6 +300,7 @@ impl Rewriter {
         self.inbuf.capacity()
             + self.out.capacity()
             + self.block.as_ref().map_or(0, |b| b.raw.capacity())
+            + self.encoded.capacity()
             + self.decoder.buffered()
     }
 
@@ -497,7 +501,8 @@ impl Rewriter {
             }
         };
         let rule = self.rule;
-        let mut encoded = Vec::new();
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
         let mut list_size = 0usize;
         let mut repaired = false;
         self.decoder
@@ -538,6 +543,9 @@ impl Rewriter {
             write_block_frames(&mut self.out, block, &encoded);
         } else {
             self.out.extend_from_slice(&block.raw);
+        }
+        if encoded.capacity() <= KEEP_CAPACITY {
+            self.encoded = encoded;
         }
         Ok(())
     }
