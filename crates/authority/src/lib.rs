@@ -32,7 +32,8 @@
 //! constants): a frame longer than [`MAX_FRAME_SIZE`], or one CONTINUATION more than h2
 //! allows, is passed on unchanged with everything after it, and h2 closes the connection as
 //! it would without us. A header list h2 would call abuse ([`MAX_HEADER_LIST`]) fails the
-//! connection here. Anything that is not an HTTP/2 connection preface (e.g. HTTP/1.1) is
+//! connection here. These limits must match the server's: one that raises
+//! `max_frame_size` or `http2_max_header_list_size` would accept what we hand on unparsed. Anything that is not an HTTP/2 connection preface (e.g. HTTP/1.1) is
 //! passed through untouched. Malformed framing or HPACK that would desync the two decoders
 //! fails the connection with an [`std::io::Error`] of kind `InvalidData` (the client sees
 //! the connection drop) and never panics.
