@@ -1,6 +1,6 @@
 //! Regression test: etcdctl 3.4 commands that dial `passthrough:///http://127.0.0.1:PORT`
 //! send `:authority: http://127.0.0.1:PORT`, which h2 rejects (RST_STREAM PROTOCOL_ERROR)
-//! unless `coffer serve` repairs it (crates/server/src/authority.rs). Runs Debian's etcdctl
+//! unless `coffer serve` repairs it (crates/authority, `coffer-authority`). Runs Debian's etcdctl
 //! against the real binary: `endpoint status`, `defrag`, and `put`/`get` (which dial a plain
 //! `host:port` authority) on the same server, and checks each succeeds.
 //!

@@ -11,7 +11,6 @@
 //! and serves until the shutdown future completes, then drains the open requests.
 
 pub mod auth;
-pub mod authority;
 pub mod caller;
 pub mod cluster;
 pub mod config;

@@ -31,10 +31,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
-use crate::authority::AuthorityRepair;
 use crate::config::TransportConfig;
 use crate::peer::Peer;
 use crate::tls::{self, TlsReloader};
+use coffer_authority::AuthorityRepair;
 
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -94,8 +94,9 @@ pub(crate) fn builder(
         .timer(TokioTimer::new())
         .max_concurrent_streams(max_streams)
         .keep_alive_interval(transport.keepalive_interval)
-        .keep_alive_timeout(transport.keepalive_timeout)
-        .max_header_list_size(crate::authority::MAX_HEADER_LIST as u32);
+        .keep_alive_timeout(transport.keepalive_timeout);
+    // h2's header limits stay hyper's defaults (16 KiB header list, 16 KiB frames): the
+    // `:authority` repair in front of h2 is built for exactly those (coffer-authority).
     builder
 }
 

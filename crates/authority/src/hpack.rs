@@ -1,4 +1,4 @@
-//! A small HPACK (RFC 7541) decoder for [`super::AuthorityRepair`]: static table, dynamic
+//! A small HPACK (RFC 7541) decoder for [`crate::AuthorityRepair`]: static table, dynamic
 //! table with eviction and size updates, integers, raw and Huffman strings. It follows the
 //! client's encoder so every header block can be read; it never panics on any input and
 //! bounds its memory (dynamic table at most the allowed size).
@@ -304,6 +304,21 @@ impl Decoder {
             name_scratch: Vec::new(),
             value_scratch: Vec::new(),
         }
+    }
+
+    /// Frees the scratch buffers if a large block made them grow.
+    pub fn release(&mut self) {
+        for scratch in [&mut self.name_scratch, &mut self.value_scratch] {
+            if scratch.capacity() > 1024 {
+                *scratch = Vec::new();
+            }
+        }
+    }
+
+    /// Bytes held: the dynamic table's fields and the scratch buffers.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.size + self.name_scratch.capacity() + self.value_scratch.capacity()
     }
 
     fn get(&self, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
