@@ -13,6 +13,7 @@
 //! recording rules and etcd's dashboards. `prometheus-client` writes OpenMetrics, whose
 //! counter `# TYPE` lines name the family without `_total`.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -269,6 +270,109 @@ impl GrpcType {
     }
 }
 
+/// One gRPC method's series, created up front (as go-grpc-prometheus does, so every method and
+/// code reads 0 before its first call) and resolved once, so recording is a few atomic adds.
+pub struct GrpcHandles {
+    started: IntCounter,
+    handling: Histogram,
+    handled: Vec<IntCounter>,
+}
+
+impl GrpcHandles {
+    /// Counts the start of a call.
+    pub fn started(&self) {
+        self.started.inc();
+    }
+
+    /// Counts the end of a call with `grpc-status` `code`, `seconds` after it started.
+    pub fn handled(&self, code: u32, seconds: f64) {
+        let i = usize::try_from(code).map_or(2, |c| if c <= 16 { c } else { 2 });
+        if let Some(c) = self.handled.get(i) {
+            c.inc();
+        }
+        self.handling.observe(seconds);
+    }
+}
+
+/// Every path of [`grpc_method`]'s table, e.g. `/etcdserverpb.KV/Range`.
+const GRPC_PATHS: &[&str] = &[
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.KV/Put",
+    "/etcdserverpb.KV/DeleteRange",
+    "/etcdserverpb.KV/Txn",
+    "/etcdserverpb.KV/Compact",
+    "/etcdserverpb.Watch/Watch",
+    "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/etcdserverpb.Lease/LeaseLeases",
+    "/etcdserverpb.Cluster/MemberAdd",
+    "/etcdserverpb.Cluster/MemberRemove",
+    "/etcdserverpb.Cluster/MemberUpdate",
+    "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Cluster/MemberPromote",
+    "/etcdserverpb.Maintenance/Alarm",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/Defragment",
+    "/etcdserverpb.Maintenance/Hash",
+    "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/MoveLeader",
+    "/etcdserverpb.Maintenance/Downgrade",
+    "/etcdserverpb.Auth/AuthEnable",
+    "/etcdserverpb.Auth/AuthDisable",
+    "/etcdserverpb.Auth/AuthStatus",
+    "/etcdserverpb.Auth/Authenticate",
+    "/etcdserverpb.Auth/UserAdd",
+    "/etcdserverpb.Auth/UserGet",
+    "/etcdserverpb.Auth/UserList",
+    "/etcdserverpb.Auth/UserDelete",
+    "/etcdserverpb.Auth/UserChangePassword",
+    "/etcdserverpb.Auth/UserGrantRole",
+    "/etcdserverpb.Auth/UserRevokeRole",
+    "/etcdserverpb.Auth/RoleAdd",
+    "/etcdserverpb.Auth/RoleGet",
+    "/etcdserverpb.Auth/RoleList",
+    "/etcdserverpb.Auth/RoleDelete",
+    "/etcdserverpb.Auth/RoleGrantPermission",
+    "/etcdserverpb.Auth/RoleRevokePermission",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
+fn grpc_table(m: &Metrics) -> HashMap<&'static str, GrpcHandles> {
+    let mut table = HashMap::new();
+    for path in GRPC_PATHS {
+        let Some((kind, service, method)) = grpc_method(path) else {
+            continue;
+        };
+        let labels = [kind.as_str(), service, method];
+        let handled = (0..=16)
+            .map(|code| {
+                m.grpc_handled
+                    .with_label_values(&[kind.as_str(), service, method, grpc_code_name(code)])
+            })
+            .collect();
+        table.insert(
+            *path,
+            GrpcHandles {
+                started: m.grpc_started.with_label_values(&labels),
+                handling: m.grpc_handling.with_label_values(&labels),
+                handled,
+            },
+        );
+    }
+    table
+}
+
+/// The series of the gRPC method at `path` (`/etcdserverpb.KV/Range`); `None` for a path
+/// Coffer does not serve, which is not counted.
+pub fn grpc(path: &str) -> Option<&'static GrpcHandles> {
+    static TABLE: OnceLock<HashMap<&'static str, GrpcHandles>> = OnceLock::new();
+    TABLE.get_or_init(|| grpc_table(metrics())).get(path)
+}
+
 /// A method of a service Coffer serves, from a request path (`/etcdserverpb.KV/Range`);
 /// `None` for any other path, which is never counted (labels stay a fixed set).
 pub fn grpc_method(path: &str) -> Option<(GrpcType, &'static str, &'static str)> {
@@ -480,5 +584,28 @@ mod tests {
         assert_eq!(grpc_code_name(0), "OK");
         assert_eq!(grpc_code_name(8), "ResourceExhausted");
         assert_eq!(grpc_code_name(99), "Unknown");
+        for path in GRPC_PATHS {
+            assert!(grpc_method(path).is_some(), "{path}");
+        }
+    }
+
+    #[test]
+    fn grpc_series_exist_before_the_first_call_and_count_by_code() {
+        let range = grpc("/etcdserverpb.KV/Compact").expect("known method");
+        assert!(grpc("/etcdserverpb.KV/Nope").is_none());
+        let zero = "grpc_server_handled_total{grpc_code=\"NotFound\",grpc_method=\"Compact\",\
+                    grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 0\n";
+        assert!(encode().contains(zero));
+        range.started();
+        range.handled(11, 0.002);
+        let text = encode();
+        assert!(text.contains(
+            "grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Compact\",\
+             grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1\n"
+        ));
+        assert!(text.contains(
+            "grpc_server_started_total{grpc_method=\"Compact\",grpc_service=\"etcdserverpb.KV\",\
+             grpc_type=\"unary\"} 1\n"
+        ));
     }
 }

@@ -14,6 +14,7 @@ pub mod authority;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod grpc_metrics;
 pub mod http;
 mod hash;
 pub mod kv;
@@ -85,12 +86,22 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct Listeners {
     listeners: Vec<TcpListener>,
+    /// `--listen-metrics-urls`: plain HTTP only ([`http::serve_metrics`]).
+    metrics: Vec<TcpListener>,
 }
 
 impl Listeners {
     /// The addresses actually bound.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The metrics addresses actually bound.
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.metrics
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
@@ -105,8 +116,16 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
     if config.listen_client_urls.is_empty() {
         return Err(ConfigError::NoListenUrl.into());
     }
+    Ok(Listeners {
+        listeners: bind_urls(&config.listen_client_urls).await?,
+        metrics: bind_urls(&config.listen_metrics_urls).await?,
+    })
+}
+
+/// Binds each URL (each host may resolve to several addresses).
+async fn bind_urls(urls: &[String]) -> Result<Vec<TcpListener>, ServeError> {
     let mut listeners = Vec::new();
-    for url in &config.listen_client_urls {
+    for url in urls {
         let parsed = config::ListenUrl::parse(url)?;
         for addr in parsed.resolve(url).await? {
             let listener = TcpListener::bind(addr).await.map_err(|source| {
@@ -126,12 +145,15 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
             listeners.push(listener);
         }
     }
-    Ok(listeners.into())
+    Ok(listeners)
 }
 
 impl From<Vec<TcpListener>> for Listeners {
     fn from(listeners: Vec<TcpListener>) -> Self {
-        Listeners { listeners }
+        Listeners {
+            listeners,
+            metrics: Vec::new(),
+        }
     }
 }
 
@@ -184,7 +206,10 @@ where
     ))
     .max_decoding_message_size(max_recv)
     .max_encoding_message_size(max_send);
-    let cluster = ClusterServer::new(cluster::ClusterService::new(backend, shared.clone()))
+    let cluster = ClusterServer::new(cluster::ClusterService::new(
+        backend.clone(),
+        shared.clone(),
+    ))
         .max_decoding_message_size(max_recv)
         .max_encoding_message_size(max_send);
     // The reporter starts with service "" SERVING, as etcd registers it.
@@ -199,6 +224,8 @@ where
     });
     let router = Server::builder()
         .max_concurrent_streams(Some(max_streams))
+        // Outside the wire rewrite: the metrics see the code the client gets.
+        .layer(grpc_metrics::GrpcMetricsLayer)
         .layer(wire::EtcdWireLayer)
         .add_service(health)
         .add_service(kv)
@@ -209,6 +236,17 @@ where
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let addrs = listeners.local_addrs();
+    for listener in listeners.metrics {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(http::serve_metrics(
+            listener,
+            backend.clone(),
+            shared.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let servers = futures::future::try_join_all(listeners.listeners.into_iter().map(|listener| {
         // Every connection goes through AuthorityRepair: etcdctl 3.4 sends `:authority`
         // values h2 rejects (see authority.rs).

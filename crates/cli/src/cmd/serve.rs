@@ -75,6 +75,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:2379"
     )]
     pub listen_client_urls: Vec<String>,
+    /// Comma-separated URLs (http://host:port) to serve /metrics, /health, /livez, /readyz and
+    /// /version on, over plain HTTP/1.1.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
     /// Comma-separated client URLs advertised in MemberList [default: the listen URLs].
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
@@ -183,6 +187,7 @@ pub(crate) struct Plan {
     pub(crate) key_file: PathBuf,
     listen: Vec<String>,
     advertise: Vec<String>,
+    listen_metrics: Vec<String>,
     max_request_bytes: usize,
     max_txn_ops: usize,
     max_concurrent_streams: u32,
@@ -247,6 +252,16 @@ impl Plan {
                 bail!("--advertise-client-urls {url:?}: expected http://host:port");
             }
         }
+        let listen_metrics: Vec<String> = args
+            .listen_metrics_urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for url in &listen_metrics {
+            coffer_server::config::ListenUrl::parse(url)
+                .with_context(|| "--listen-metrics-urls".to_owned())?;
+        }
         if args.max_request_bytes == 0 {
             bail!("--max-request-bytes must be positive");
         }
@@ -280,6 +295,7 @@ impl Plan {
             key_file: key_abs,
             listen,
             advertise,
+            listen_metrics,
             max_request_bytes: args.max_request_bytes,
             max_txn_ops: args.max_txn_ops,
             max_concurrent_streams: args.max_concurrent_streams,
@@ -587,6 +603,16 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.name = plan.name.clone();
     config.listen_client_urls = plan.listen.clone();
     config.advertise_client_urls = plan.advertise.clone();
+    config.listen_metrics_urls = plan.listen_metrics.clone();
+    if let Some(url) = plan.listen_metrics.iter().find(|u| !is_loopback_url(u)) {
+        // Metrics and health carry no key, value or secret, so plain HTTP beyond loopback is
+        // allowed; said once, as every plaintext exposure is.
+        warn!(
+            url = %url,
+            "--listen-metrics-urls serves plain HTTP beyond loopback: anyone who can reach it \
+             reads the metrics (no keys, values or secrets are in them)"
+        );
+    }
     config.max_request_bytes = plan.max_request_bytes;
     config.max_txn_ops = plan.max_txn_ops;
     config.max_concurrent_streams = plan.max_concurrent_streams;
@@ -605,6 +631,9 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     };
     for addr in listeners.local_addrs() {
         info!(%addr, "ready to serve client requests");
+    }
+    for addr in listeners.metrics_addrs() {
+        info!(%addr, "ready to serve metrics and health");
     }
 
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(0u32);
@@ -653,6 +682,17 @@ async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Whether a listen URL's host is a loopback address or `localhost`.
+fn is_loopback_url(url: &str) -> bool {
+    coffer_server::config::ListenUrl::parse(url).is_ok_and(|u| {
+        u.host.eq_ignore_ascii_case("localhost")
+            || u
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
 }
 
 #[cfg(test)]
