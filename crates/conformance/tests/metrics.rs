@@ -67,7 +67,14 @@ fn http(addr: &str, method: &str, path: &str) -> Answer {
     let raw = String::from_utf8(raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
@@ -189,7 +196,10 @@ fn check_scrape(who: &str, before: &Scrape, text: &str) -> Scrape {
     let in_use = s
         .value("etcd_mvcc_db_total_size_in_use_in_bytes", &[])
         .unwrap();
-    assert!(size > 0.0 && in_use > 0.0 && in_use <= size, "{who}: {size} {in_use}");
+    assert!(
+        size > 0.0 && in_use > 0.0 && in_use <= size,
+        "{who}: {size} {in_use}"
+    );
     let delta = |f: &dyn Fn(&Scrape) -> f64| f(&s) - f(before);
     assert_eq!(delta(&|x| x.handled("Put", "OK")), PUTS as f64, "{who}");
     assert_eq!(delta(&|x| x.handled("Range", "OK")), 1.0, "{who}");
@@ -232,7 +242,6 @@ async fn metrics_and_health_side_by_side() {
             "--listen-metrics-urls".into(),
             format!("http://{etcd_metrics}"),
         ],
-        ..Default::default()
     })
     .unwrap();
     let coffer_port = free_port().unwrap();
@@ -275,11 +284,12 @@ async fn metrics_and_health_side_by_side() {
     // Every method and code is there before its first call, as in etcd.
     for (method, code) in [("Compact", "NotFound"), ("Txn", "Unavailable")] {
         assert_eq!(es.handled(method, code), 0.0);
-        assert!(cs.value(
-            "grpc_server_handled_total",
-            &[("grpc_method", method), ("grpc_code", code)]
-        )
-        .is_some());
+        assert!(cs
+            .value(
+                "grpc_server_handled_total",
+                &[("grpc_method", method), ("grpc_code", code)]
+            )
+            .is_some());
     }
 
     // /health: the same status and verdict; 3.4 has no `reason` (see the module docs).
@@ -295,7 +305,11 @@ async fn metrics_and_health_side_by_side() {
         let c = http(&coffer_metrics, method, path);
         assert_eq!(e.status, c.status, "{method} {path}");
         assert_eq!(e.body, c.body, "{method} {path}");
-        assert_eq!(e.headers.get("allow"), c.headers.get("allow"), "{method} {path}");
+        assert_eq!(
+            e.headers.get("allow"),
+            c.headers.get("allow"),
+            "{method} {path}"
+        );
         assert_eq!(
             e.headers.get("content-type"),
             c.headers.get("content-type"),

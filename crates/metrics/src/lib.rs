@@ -350,8 +350,12 @@ fn grpc_table(m: &Metrics) -> HashMap<&'static str, GrpcHandles> {
         let labels = [kind.as_str(), service, method];
         let handled = (0..=16)
             .map(|code| {
-                m.grpc_handled
-                    .with_label_values(&[kind.as_str(), service, method, grpc_code_name(code)])
+                m.grpc_handled.with_label_values(&[
+                    kind.as_str(),
+                    service,
+                    method,
+                    grpc_code_name(code),
+                ])
             })
             .collect();
         table.insert(

@@ -47,12 +47,7 @@ impl Call {
 /// `grpc-status` from `headers`, if present (an unparsable one is `Unknown`).
 fn status(headers: &HeaderMap) -> Option<u32> {
     let v = headers.get("grpc-status")?;
-    Some(
-        v.to_str()
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(2),
-    )
+    Some(v.to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(2))
 }
 
 /// `CANCELLED`: the stream ended without a status.

@@ -44,8 +44,10 @@ fn path_only(target: &str) -> &str {
 /// A query (`/readyz?verbose`) may be included.
 pub fn is_endpoint(path: &str) -> bool {
     let p = path_only(path);
-    matches!(p, "/health" | "/livez" | "/readyz" | "/version" | "/metrics")
-        || check_path(p).is_some()
+    matches!(
+        p,
+        "/health" | "/livez" | "/readyz" | "/version" | "/metrics"
+    ) || check_path(p).is_some()
 }
 
 /// `/livez/NAME` or `/readyz/NAME` of a registered check → (its root's checks, NAME).
@@ -386,7 +388,13 @@ mod tests {
         ] {
             assert!(is_endpoint(p), "{p}");
         }
-        for p in ["/", "/v3/kv/range", "/livez/nope", "/readyz/", "/etcdserverpb.KV/Range"] {
+        for p in [
+            "/",
+            "/v3/kv/range",
+            "/livez/nope",
+            "/readyz/",
+            "/etcdserverpb.KV/Range",
+        ] {
             assert!(!is_endpoint(p), "{p}");
         }
     }

@@ -15,8 +15,8 @@ pub mod cluster;
 pub mod config;
 pub mod errors;
 pub mod grpc_metrics;
-pub mod http;
 mod hash;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -210,8 +210,8 @@ where
         backend.clone(),
         shared.clone(),
     ))
-        .max_decoding_message_size(max_recv)
-        .max_encoding_message_size(max_send);
+    .max_decoding_message_size(max_recv)
+    .max_encoding_message_size(max_send);
     // The reporter starts with service "" SERVING, as etcd registers it.
     let (_health_reporter, health) = tonic_health::server::health_reporter();
 

@@ -688,8 +688,7 @@ async fn wait_for_signal() -> std::io::Result<()> {
 fn is_loopback_url(url: &str) -> bool {
     coffer_server::config::ListenUrl::parse(url).is_ok_and(|u| {
         u.host.eq_ignore_ascii_case("localhost")
-            || u
-                .host
+            || u.host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback())
     })

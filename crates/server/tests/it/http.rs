@@ -3,10 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
-use coffer_server::http::respond;
-use coffer_proto::LeaseGrantRequest;
-use coffer_store::{Backend, EngineFaults, EngineOptions};
 use ::http::Method;
+use coffer_proto::LeaseGrantRequest;
+use coffer_server::http::respond;
+use coffer_store::{Backend, EngineFaults, EngineOptions};
 
 use super::*;
 
@@ -37,7 +37,9 @@ async fn health_turns_503_when_writes_stop() {
 
     // A durable commit whose fdatasync fails: outcome unknown, writes stop.
     faults.fail_engine_sync.store(true, Ordering::SeqCst);
-    let grant = store.lease_grant(LeaseGrantRequest { ttl: 10, id: 7 }).await;
+    let grant = store
+        .lease_grant(LeaseGrantRequest { ttl: 10, id: 7 })
+        .await;
     assert!(grant.is_err());
     faults.fail_engine_sync.store(false, Ordering::SeqCst);
 
