@@ -788,6 +788,36 @@ mod tests {
         assert!(err.contains("https://127.0.0.1:2379"), "{err}");
     }
 
+    #[test]
+    fn listen_metrics_urls_are_plain_http() {
+        let args = parse(&[
+            "--listen-metrics-urls",
+            "http://127.0.0.1:2381,http://[::1]:2382",
+            "--default-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        let plan = Plan::resolve(&args).unwrap();
+        assert_eq!(plan.listen_metrics.len(), 2);
+        assert!(plan.listen_metrics.iter().all(|u| is_loopback_url(u)));
+        assert!(is_loopback_url("http://localhost:2381"));
+        assert!(!is_loopback_url("http://0.0.0.0:2381"));
+        assert!(!is_loopback_url("http://10.0.0.1:2381"));
+        let args = parse(&[
+            "--listen-metrics-urls",
+            "https://127.0.0.1:2381",
+            "--default-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
+        assert!(err.contains("--listen-metrics-urls"), "{err}");
+        assert!(parse(&["--default-key-file", "/tmp/k"])
+            .unwrap()
+            .listen_metrics_urls
+            .is_empty());
+    }
+
     /// A data directory made before the default key's derivation changed records the first
     /// derivation's fingerprint (crates/seal/tests/data/default-key-v1.json); it still starts.
     #[test]
