@@ -32,7 +32,11 @@ use coffer_conformance::process::{
 use coffer_proto::alarm_request::AlarmAction;
 use coffer_proto::kv_client::KvClient;
 use coffer_proto::maintenance_client::MaintenanceClient;
-use coffer_proto::{AlarmRequest, AlarmType, PutRequest, RangeRequest};
+use coffer_proto::watch_client::WatchClient;
+use coffer_proto::watch_request::RequestUnion;
+use coffer_proto::{
+    AlarmRequest, AlarmType, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+};
 
 /// The etcd metrics Coffer exports under etcd's names.
 const ETCD_METRICS: &[&str] = &[
@@ -182,6 +186,32 @@ async fn alarm(endpoint: &str, action: AlarmAction) {
     .unwrap();
 }
 
+/// Opens a Watch stream with one watcher, runs `while_open`, then drops the stream (the client
+/// goes away: the call ends `Canceled`).
+async fn with_watcher(endpoint: &str, while_open: impl AsyncFnOnce()) {
+    let mut w = WatchClient::new(connect(endpoint).await.unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"/metrics/".to_vec(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created);
+    while_open().await;
+    drop(stream);
+    drop(tx);
+    drop(w);
+}
+
 /// Checks what both servers must agree on in one scrape, and the values of this traffic
 /// (counters as the difference from `before`: the harness reads once to see a server ready).
 fn check_scrape(who: &str, before: &Scrape, text: &str) -> Scrape {
@@ -290,6 +320,91 @@ async fn metrics_and_health_side_by_side() {
                 &[("grpc_method", method), ("grpc_code", code)]
             )
             .is_some());
+    }
+
+    // Coffer's own: every put sealed, every read opened, with the default key's name.
+    let sealed = cs
+        .value(
+            "coffer_seal_operations_total",
+            &[
+                ("operation", "seal"),
+                ("provider", "kms v2"),
+                ("key", "coffer-default"),
+                ("result", "ok"),
+            ],
+        )
+        .unwrap();
+    assert!(sealed >= PUTS as f64, "{sealed}");
+    assert!(!c.body.contains("/metrics/k"), "no key in a label");
+    let groups = cs.value("coffer_commit_group_size_count", &[]).unwrap();
+    assert!(groups >= 1.0, "{groups}");
+
+    // A watcher: counted while open (Coffer), and its stream counted when it ends (both).
+    let watch_handled = |s: &Scrape| -> f64 {
+        s.samples
+            .iter()
+            .filter(|(n, _)| {
+                n.starts_with("grpc_server_handled_total{")
+                    && n.contains("grpc_method=\"Watch\"")
+                    && n.contains("etcdserverpb.Watch")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    for addr in [&etcd_metrics, &coffer_metrics] {
+        let before = scrape(&http(addr, "GET", "/metrics").body);
+        let endpoint = if addr == &etcd_metrics {
+            etcd.endpoint()
+        } else {
+            coffer.endpoint()
+        };
+        with_watcher(&endpoint, async || {
+            let open = scrape(&http(addr, "GET", "/metrics").body);
+            if addr == &coffer_metrics {
+                assert_eq!(open.value("coffer_watchers", &[]), Some(1.0));
+            }
+            let started = |s: &Scrape| {
+                s.value(
+                    "grpc_server_started_total",
+                    &[("grpc_method", "Watch"), ("grpc_type", "bidi_stream")],
+                )
+                .unwrap_or(0.0)
+            };
+            assert_eq!(started(&open) - started(&before), 1.0, "{addr}");
+            assert_eq!(
+                watch_handled(&open),
+                watch_handled(&before),
+                "{addr}: still open"
+            );
+        })
+        .await;
+        let mut ended = 0.0;
+        for _ in 0..50 {
+            let after = scrape(&http(addr, "GET", "/metrics").body);
+            ended = after
+                .value(
+                    "grpc_server_handled_total",
+                    &[("grpc_method", "Watch"), ("grpc_code", "Canceled")],
+                )
+                .unwrap_or(0.0)
+                - before
+                    .value(
+                        "grpc_server_handled_total",
+                        &[("grpc_method", "Watch"), ("grpc_code", "Canceled")],
+                    )
+                    .unwrap_or(0.0);
+            if ended > 0.0 {
+                if addr == &coffer_metrics {
+                    assert_eq!(after.value("coffer_watchers", &[]), Some(0.0));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            ended, 1.0,
+            "{addr}: the dropped Watch stream counts as Canceled"
+        );
     }
 
     // /health: the same status and verdict; 3.4 has no `reason` (see the module docs).
