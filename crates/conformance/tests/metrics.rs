@@ -35,7 +35,8 @@ use coffer_proto::maintenance_client::MaintenanceClient;
 use coffer_proto::watch_client::WatchClient;
 use coffer_proto::watch_request::RequestUnion;
 use coffer_proto::{
-    AlarmRequest, AlarmType, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+    AlarmRequest, AlarmType, DeleteRangeRequest, PutRequest, RangeRequest, WatchCreateRequest,
+    WatchRequest,
 };
 
 /// The etcd metrics Coffer exports under etcd's names.
@@ -146,7 +147,7 @@ impl Scrape {
 }
 
 /// The same gRPC traffic for both servers: PUTS distinct keys, one read, one read of a
-/// future revision (OUT_OF_RANGE).
+/// future revision (OUT_OF_RANGE), one delete.
 async fn traffic(endpoint: &str) {
     let mut kv = KvClient::new(connect(endpoint).await.unwrap());
     for i in 0..PUTS {
@@ -173,6 +174,13 @@ async fn traffic(endpoint: &str) {
         .await
         .unwrap_err();
     assert_eq!(future.code(), tonic::Code::OutOfRange);
+    // A deleted key no longer counts in keys_total (etcd counts live keys).
+    kv.delete_range(DeleteRangeRequest {
+        key: format!("/metrics/k{}", PUTS - 1).into_bytes(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 async fn alarm(endpoint: &str, action: AlarmAction) {
@@ -219,8 +227,8 @@ fn check_scrape(who: &str, before: &Scrape, text: &str) -> Scrape {
     assert_eq!(s.value("etcd_server_has_leader", &[]), Some(1.0), "{who}");
     assert_eq!(
         s.value("etcd_debugging_mvcc_keys_total", &[]),
-        Some(PUTS as f64),
-        "{who}: keys_total is the number of keys put"
+        Some((PUTS - 1) as f64),
+        "{who}: keys_total is the number of live keys"
     );
     let size = s.value("etcd_mvcc_db_total_size_in_bytes", &[]).unwrap();
     let in_use = s
@@ -234,6 +242,7 @@ fn check_scrape(who: &str, before: &Scrape, text: &str) -> Scrape {
     assert_eq!(delta(&|x| x.handled("Put", "OK")), PUTS as f64, "{who}");
     assert_eq!(delta(&|x| x.handled("Range", "OK")), 1.0, "{who}");
     assert_eq!(delta(&|x| x.handled("Range", "OutOfRange")), 1.0, "{who}");
+    assert_eq!(delta(&|x| x.handled("DeleteRange", "OK")), 1.0, "{who}");
     let started = |x: &Scrape| {
         x.value(
             "grpc_server_started_total",
