@@ -22,11 +22,7 @@ impl Peer {
     /// The peer of `request`, or an anonymous plaintext one when the transport set none
     /// (in-process tests).
     pub fn of<T>(request: &tonic::Request<T>) -> Peer {
-        request
-            .extensions()
-            .get::<Peer>()
-            .cloned()
-            .unwrap_or_default()
+        request.extensions().get::<Peer>().cloned().unwrap_or_default()
     }
 }
 
