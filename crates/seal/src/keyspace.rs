@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use coffer_metrics::{record_seal, SealOp, SealResult};
+
 use crate::config::model::EncryptionConfiguration;
 use crate::config::{normalize_prefix, resource_for_key, GroupResource};
 use crate::default_key::PROVIDER_NAME;
@@ -259,28 +261,45 @@ impl Keyspace {
     /// The value to store for `plaintext` under `etcd_key`.
     pub fn seal(&self, etcd_key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let rule = self.rule(etcd_key);
-        rule.transformer
-            .to_storage(plaintext, etcd_key)
-            .map_err(|cause| SealError {
-                key: show_key(etcd_key),
-                provider: rule.write_label.clone(),
-                cause,
-            })
+        let sealed = rule.transformer.to_storage(plaintext, etcd_key);
+        let result = match sealed {
+            Ok(_) => SealResult::Ok,
+            Err(_) => SealResult::Error,
+        };
+        record_seal(SealOp::Seal, &rule.write_label, result);
+        sealed.map_err(|cause| SealError {
+            key: show_key(etcd_key),
+            provider: rule.write_label.clone(),
+            cause,
+        })
     }
 
     /// Opens the value stored under `etcd_key`.
     pub fn open(&self, etcd_key: &[u8], stored: &[u8]) -> Result<Opened, OpenError> {
         let rule = self.rule(etcd_key);
         match rule.transformer.from_storage(stored, etcd_key) {
-            Ok(r) => Ok(Opened {
-                plaintext: r.plaintext,
-                stale: r.stale,
-                provider: r.source,
-            }),
-            Err(cause) => Err(OpenError {
-                key: show_key(etcd_key),
-                cause,
-            }),
+            Ok(r) => {
+                let result = if r.stale {
+                    SealResult::Stale
+                } else {
+                    SealResult::Ok
+                };
+                record_seal(SealOp::Open, &r.source, result);
+                Ok(Opened {
+                    plaintext: r.plaintext,
+                    stale: r.stale,
+                    provider: r.source,
+                })
+            }
+            Err(cause) => {
+                // No provider opened it: counted under the rule's writing provider.
+                record_seal(SealOp::Open, &rule.write_label, SealResult::Error);
+                coffer_metrics::metrics().decrypt_failures.inc();
+                Err(OpenError {
+                    key: show_key(etcd_key),
+                    cause,
+                })
+            }
         }
     }
 

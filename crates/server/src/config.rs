@@ -220,6 +220,9 @@ pub struct ServerConfig {
     pub listen_client_urls: Vec<String>,
     /// `--advertise-client-urls` (MemberList `clientURLs`).
     pub advertise_client_urls: Vec<String>,
+    /// `--listen-metrics-urls`, each `http://host:port`: plain HTTP/1.1 with `/metrics`,
+    /// `/health`, `/livez`, `/readyz` and `/version` (empty: none).
+    pub listen_metrics_urls: Vec<String>,
     /// Peer URLs shown in MemberList.
     pub peer_urls: Vec<String>,
     /// `--max-request-bytes`.
@@ -260,6 +263,7 @@ impl ServerConfig {
             name: "default".to_owned(),
             listen_client_urls: vec!["http://127.0.0.1:2379".to_owned()],
             advertise_client_urls: vec!["http://127.0.0.1:2379".to_owned()],
+            listen_metrics_urls: Vec::new(),
             peer_urls: vec![DEFAULT_PEER_URL.to_owned()],
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,

@@ -15,6 +15,7 @@ pub mod caller;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod grpc_metrics;
 mod hash;
 pub mod http;
 pub mod kv;
@@ -99,6 +100,8 @@ pub struct Listeners {
     tls: Option<tls::TlsReloader>,
     /// Plaintext listeners on non-loopback addresses (allowed by --insecure-listen-plaintext).
     exposed: Vec<String>,
+    /// `--listen-metrics-urls`: plain HTTP only ([`http::serve_metrics`]).
+    metrics: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -121,6 +124,14 @@ impl Listeners {
                 transport::Listener::Unix { path, .. } => Some(path.clone()),
                 transport::Listener::Tcp { .. } => None,
             })
+            .collect()
+    }
+
+    /// The metrics addresses actually bound.
+    pub fn metrics_addrs(&self) -> Vec<SocketAddr> {
+        self.metrics
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
             .collect()
     }
 }
@@ -163,20 +174,7 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
             exposed.push(url.clone());
         }
         for addr in addrs {
-            let listener = TcpListener::bind(addr).await.map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AddrInUse {
-                    ServeError::AddrInUse {
-                        url: url.clone(),
-                        addr,
-                    }
-                } else {
-                    ServeError::Bind {
-                        url: url.clone(),
-                        addr,
-                        source,
-                    }
-                }
-            })?;
+            let listener = bind_tcp(&url, addr).await?;
             listeners.push(transport::Listener::Tcp {
                 listener,
                 tls: parsed.tls,
@@ -187,7 +185,38 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
         listeners,
         tls,
         exposed,
+        metrics: bind_metrics(&config.listen_metrics_urls).await?,
     })
+}
+
+/// Binds one TCP address of `url`.
+async fn bind_tcp(url: &str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::AddrInUse {
+                url: url.to_owned(),
+                addr,
+            }
+        } else {
+            ServeError::Bind {
+                url: url.to_owned(),
+                addr,
+                source,
+            }
+        }
+    })
+}
+
+/// Binds every `--listen-metrics-urls` entry: plain HTTP ([`http::serve_metrics`]).
+async fn bind_metrics(urls: &[String]) -> Result<Vec<TcpListener>, ServeError> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let parsed = config::ListenUrl::parse(url)?;
+        for addr in parsed.resolve(url).await? {
+            listeners.push(bind_tcp(url, addr).await?);
+        }
+    }
+    Ok(listeners)
 }
 
 impl From<Vec<TcpListener>> for Listeners {
@@ -203,6 +232,7 @@ impl From<Vec<TcpListener>> for Listeners {
                 .collect(),
             tls: None,
             exposed: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 }
@@ -277,7 +307,11 @@ where
     if let Some(watch) = watch {
         routes = routes.add_service(watch);
     }
-    let grpc = tower_layer::Layer::layer(&wire::EtcdWireLayer, routes.prepare());
+    // The metrics layer is outside the wire rewrite: it sees the code the client gets.
+    let grpc = tower_layer::Layer::layer(
+        &grpc_metrics::GrpcMetricsLayer,
+        tower_layer::Layer::layer(&wire::EtcdWireLayer, routes.prepare()),
+    );
     let http: transport::HttpFn = {
         let (backend, shared) = (backend.clone(), shared.clone());
         Arc::new(move |method, path| {
@@ -309,6 +343,19 @@ where
             conn_shared.clone(),
             done_tx.clone(),
         ));
+    }
+    for listener in listeners.metrics {
+        let mut stop = conn_shared.stop.clone();
+        let done = done_tx.clone();
+        let (backend, shared) = (backend.clone(), shared.clone());
+        tokio::spawn(async move {
+            http::serve_metrics(listener, backend, shared, async move {
+                // An error means the sender is gone, which also means stop.
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            drop(done);
+        });
     }
     drop(done_tx);
     drop(conn_shared);

@@ -56,7 +56,8 @@ pub(crate) enum Listener {
 pub(crate) type ResBody = UnsyncBoxBody<Bytes, tonic::Status>;
 
 /// The gRPC side, as one tower service.
-pub(crate) type Grpc = crate::wire::EtcdWire<tonic::service::Routes>;
+pub(crate) type Grpc =
+    crate::grpc_metrics::GrpcMetrics<crate::wire::EtcdWire<tonic::service::Routes>>;
 
 /// The plain HTTP side: answers one request from its method and path.
 pub(crate) type HttpFn = Arc<
@@ -293,7 +294,12 @@ impl Router {
         req.extensions_mut().insert(self.peer.clone());
         let guard = InFlight::new(&self.in_flight);
         if crate::http::is_endpoint(req.uri().path()) {
-            let answer = (self.http)(req.method().clone(), req.uri().path().to_owned());
+            // With the query: `/readyz?verbose`, `/health?exclude=NOSPACE`.
+            let target = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+            let answer = (self.http)(req.method().clone(), target);
             return Box::pin(async move {
                 let response = answer.await;
                 drop(guard);

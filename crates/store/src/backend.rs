@@ -127,6 +127,11 @@ pub trait Backend: Send + Sync + 'static {
         let _ = change;
         async { Err(Error::Engine("this backend has no alarms".into())) }
     }
+    /// `Ok` while the store can write; otherwise why not (writes stopped after a commit of
+    /// unknown outcome, or a full disk). For `/health`; never names a key or a value.
+    fn write_health(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Whether the NOSPACE alarm is active: puts, txns with puts and lease grants are refused.
     fn no_space(&self) -> bool {
         crate::alarm::no_space(&self.alarms())
@@ -242,5 +247,8 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn revision_now(&self) -> Option<i64> {
         (**self).revision_now()
+    }
+    fn write_health(&self) -> Result<(), String> {
+        (**self).write_health()
     }
 }

@@ -186,6 +186,9 @@ impl EmbeddedStore {
             keys = index.key_count(),
             "store opened"
         );
+        coffer_metrics::metrics()
+            .keys_total
+            .set(i64::try_from(index.live_count()).unwrap_or(i64::MAX));
 
         let quota = match opts.quota_backend_bytes {
             0 => DEFAULT_QUOTA_BYTES,
@@ -549,6 +552,14 @@ impl Backend for EmbeddedStore {
             .db_size
             .load(std::sync::atomic::Ordering::Relaxed);
         crate::quota::fits(size, cost, self.shared.quota)
+    }
+
+    fn write_health(&self) -> Result<(), String> {
+        if let Some(why) = self.shared.writes_stopped() {
+            return Err(Error::WritesStopped(why).to_string());
+        }
+        crate::disk::check(self.shared.engine.dir(), crate::disk::RESERVE)
+            .map_err(|e| e.to_string())
     }
 
     async fn change_alarm(

@@ -478,8 +478,12 @@ impl Engine {
                 f.before_engine_commit().map_err(CommitError::Unknown)?;
             }
         }
+        let started = std::time::Instant::now();
         wtxn.commit()
             .map_err(|e| CommitError::Unknown(format!("engine commit: {e}")))?;
+        coffer_metrics::metrics()
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
         if !logged {
             log.checkpoint = stamp;
             log.wal.reset();

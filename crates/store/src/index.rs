@@ -256,6 +256,11 @@ impl Index {
         removed
     }
 
+    /// Number of live keys (latest revision not a delete): etcd's `keys_total`.
+    pub fn live_count(&self) -> usize {
+        self.keys.values().filter(|h| h.latest().is_some()).count()
+    }
+
     /// Number of keys with any retained history (live or not).
     pub fn key_count(&self) -> usize {
         self.keys.len()

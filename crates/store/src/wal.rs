@@ -195,7 +195,14 @@ impl Wal {
         self.buf.extend_from_slice(&header);
         self.file
             .write_all_at(&self.buf, self.offset)
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| {
+                let started = std::time::Instant::now();
+                self.file.sync_data()?;
+                coffer_metrics::metrics()
+                    .wal_fsync
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            })
             .map_err(io_err("cannot append to the log", &self.path))?;
         self.offset += self.buf.len() as u64;
         self.last_seq = seq;

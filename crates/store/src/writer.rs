@@ -514,6 +514,9 @@ impl Writer {
             }
             return;
         }
+        coffer_metrics::metrics()
+            .group_size
+            .observe(answers.len() as f64);
         let mut meta = self.meta.clone();
         meta.current_revision = cur;
         if let Some(at) = scheduled {
@@ -617,14 +620,25 @@ fn publish(
 ) -> Vec<Rev> {
     let mut ix = shared.write_index();
     let mut leases = shared.leases();
+    // Live keys gained (a put of a missing or deleted key) minus lost (a delete of a live one).
+    let mut live_delta = 0i64;
     for m in mutations {
         let (key, new) = match m {
             Mutation::Put { key, lease, .. } => (key, *lease),
             Mutation::Delete { key, .. } => (key, 0),
         };
-        let old = ix.latest(key).map_or(0, |e| e.lease);
+        let latest = ix.latest(key);
+        match (m, &latest) {
+            (Mutation::Put { .. }, None) => live_delta += 1,
+            (Mutation::Delete { .. }, Some(_)) => live_delta -= 1,
+            _ => {}
+        }
+        let old = latest.map_or(0, |e| e.lease);
         leases.reattach(key, old, new);
         ix.apply(m);
+    }
+    if live_delta != 0 {
+        coffer_metrics::metrics().keys_total.add(live_delta);
     }
     if let Some(id) = revoked {
         leases.map.remove(&id);

@@ -83,6 +83,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:2379"
     )]
     pub listen_client_urls: Vec<String>,
+    /// Comma-separated URLs (http://host:port) to serve /metrics, /health, /livez, /readyz and
+    /// /version on, over plain HTTP/1.1.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
     /// Comma-separated client URLs advertised in MemberList [default: the listen URLs].
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
@@ -246,6 +250,7 @@ pub(crate) struct Plan {
     pub(crate) key_file: PathBuf,
     listen: Vec<String>,
     advertise: Vec<String>,
+    listen_metrics: Vec<String>,
     max_request_bytes: usize,
     max_txn_ops: usize,
     max_concurrent_streams: u32,
@@ -351,6 +356,19 @@ impl Plan {
             insecure_listen_plaintext: args.insecure_listen_plaintext,
             ..coffer_server::TransportConfig::default()
         };
+        let listen_metrics: Vec<String> = args
+            .listen_metrics_urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for url in &listen_metrics {
+            let parsed = coffer_server::config::ListenUrl::parse(url)
+                .with_context(|| "--listen-metrics-urls".to_owned())?;
+            if parsed.tls || matches!(parsed.addr, coffer_server::config::ListenAddr::Unix(_)) {
+                bail!("--listen-metrics-urls {url:?}: expected http://host:port (plain HTTP only)");
+            }
+        }
         if args.max_request_bytes == 0 {
             bail!("--max-request-bytes must be positive");
         }
@@ -385,6 +403,7 @@ impl Plan {
             key_file: key_abs,
             listen,
             advertise,
+            listen_metrics,
             max_request_bytes: args.max_request_bytes,
             max_txn_ops: args.max_txn_ops,
             max_concurrent_streams: args.max_concurrent_streams,
@@ -707,6 +726,16 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.name = plan.name.clone();
     config.listen_client_urls = plan.listen.clone();
     config.advertise_client_urls = plan.advertise.clone();
+    config.listen_metrics_urls = plan.listen_metrics.clone();
+    if let Some(url) = plan.listen_metrics.iter().find(|u| !is_loopback_url(u)) {
+        // Metrics and health carry no key, value or secret, so plain HTTP beyond loopback is
+        // allowed; said once, as every plaintext exposure is.
+        warn!(
+            url = %url,
+            "--listen-metrics-urls serves plain HTTP beyond loopback: anyone who can reach it \
+             reads the metrics (no keys, values or secrets are in them)"
+        );
+    }
     config.max_request_bytes = plan.max_request_bytes;
     config.max_txn_ops = plan.max_txn_ops;
     config.max_concurrent_streams = plan.max_concurrent_streams;
@@ -743,6 +772,9 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     }
     for path in listeners.unix_paths() {
         info!(path = %path.display(), "ready to serve client requests");
+    }
+    for addr in listeners.metrics_addrs() {
+        info!(%addr, "ready to serve metrics and health");
     }
 
     let (sig_tx, sig_rx) = tokio::sync::watch::channel(0u32);
@@ -829,6 +861,19 @@ impl Signals {
             _ = self.int.recv() => info!("SIGINT received"),
         }
     }
+}
+
+/// Whether a listen URL's host is a loopback address or `localhost`.
+fn is_loopback_url(url: &str) -> bool {
+    coffer_server::config::ListenUrl::parse(url).is_ok_and(|u| match u.addr {
+        coffer_server::config::ListenAddr::Tcp { host, .. } => {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        coffer_server::config::ListenAddr::Unix(_) => true,
+    })
 }
 
 #[cfg(test)]
@@ -971,6 +1016,36 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
         assert!(err.contains("ftp://127.0.0.1:2379"), "{err}");
+    }
+
+    #[test]
+    fn listen_metrics_urls_are_plain_http() {
+        let args = parse(&[
+            "--listen-metrics-urls",
+            "http://127.0.0.1:2381,http://[::1]:2382",
+            "--default-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        let plan = Plan::resolve(&args).unwrap();
+        assert_eq!(plan.listen_metrics.len(), 2);
+        assert!(plan.listen_metrics.iter().all(|u| is_loopback_url(u)));
+        assert!(is_loopback_url("http://localhost:2381"));
+        assert!(!is_loopback_url("http://0.0.0.0:2381"));
+        assert!(!is_loopback_url("http://10.0.0.1:2381"));
+        let args = parse(&[
+            "--listen-metrics-urls",
+            "https://127.0.0.1:2381",
+            "--default-key-file",
+            "/tmp/k",
+        ])
+        .unwrap();
+        let err = format!("{:#}", Plan::resolve(&args).unwrap_err());
+        assert!(err.contains("--listen-metrics-urls"), "{err}");
+        assert!(parse(&["--default-key-file", "/tmp/k"])
+            .unwrap()
+            .listen_metrics_urls
+            .is_empty());
     }
 
     /// A data directory made before the default key's derivation changed records the first

@@ -310,15 +310,20 @@ async fn a_failed_engine_sync_stops_writes() {
     let dir = tempfile::tempdir().unwrap();
     let (s, faults) = faulty(dir.path());
     put(&s, "k", "v1").await;
+    assert_eq!(s.write_health(), Ok(()));
     faults.fail_engine_sync.store(true, Ordering::SeqCst);
     let r = s.lease_grant(LeaseGrantRequest { ttl: 10, id: 7 }).await;
     assert!(matches!(r, Err(Error::OutcomeUnknown(_))), "{r:?}");
     faults.fail_engine_sync.store(false, Ordering::SeqCst);
     let r = try_put(&s, "k", "v2").await;
     assert!(matches!(r, Err(Error::WritesStopped(_))), "{r:?}");
+    // What /health reports.
+    let why = s.write_health().unwrap_err();
+    assert!(why.contains("stopped accepting writes"), "{why}");
     s.close();
     drop(s);
     let s = open(dir.path());
+    assert_eq!(s.write_health(), Ok(()));
     assert_eq!(get(&s, rr("k", "")).await.kvs[0].value, b"v1");
     assert_eq!(rev_of(&put(&s, "k", "v3").await.header), 3);
 }
