@@ -36,6 +36,10 @@ pub struct PutArgs {
     /// Use keys i mod key-space-size instead of random keys.
     #[arg(long)]
     pub sequential_keys: bool,
+    /// A prefix put before every key (Coffer's own: lets a user whose role holds one prefix
+    /// run the benchmark with auth on).
+    #[arg(long, default_value = "")]
+    pub key_prefix: String,
     /// Requests per second (0 = unlimited).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -98,6 +102,7 @@ pub(super) struct Generator {
 
 enum WorkloadSpec {
     Put {
+        prefix: Vec<u8>,
         key_size: usize,
         key_space: u64,
         sequential: bool,
@@ -114,6 +119,7 @@ impl Generator {
     fn request(&self, i: u64, rng: &mut XorShift) -> Request {
         match &self.workload {
             WorkloadSpec::Put {
+                prefix,
                 key_size,
                 key_space,
                 sequential,
@@ -124,7 +130,7 @@ impl Generator {
                     rng.next() % key_space
                 };
                 Request::Put(PutRequest {
-                    key: varint_key(n, *key_size),
+                    key: [prefix.as_slice(), &varint_key(n, *key_size)].concat(),
                     value: self.value.clone(),
                     ..Default::default()
                 })
@@ -167,6 +173,7 @@ pub(super) fn prepare(workload: &Workload) -> anyhow::Result<(&'static str, u64,
                 p.rate,
                 Generator {
                     workload: WorkloadSpec::Put {
+                        prefix: p.key_prefix.as_bytes().to_vec(),
                         key_size: p.key_size,
                         key_space: p.key_space_size,
                         sequential: p.sequential_keys,
