@@ -21,6 +21,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
+mod auth;
 mod limits;
 
 struct Running {
