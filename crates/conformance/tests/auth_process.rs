@@ -29,7 +29,14 @@ fn set_up(endpoint: &str) {
     ctl(endpoint, &["role", "add", "reader"]);
     ctl(
         endpoint,
-        &["role", "grant-permission", "reader", "read", "/a/", "--prefix"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "/a/",
+            "--prefix",
+        ],
     );
     ctl(endpoint, &["user", "grant-role", "alice", "reader"]);
     ctl(endpoint, &["user", "grant-role", "root", "root"]);
@@ -73,7 +80,10 @@ fn auth_state_survives_restart_and_sigkill() {
     check_state(&endpoint, "alice\nroot");
 
     // A change acknowledged just before a SIGKILL is kept.
-    ctl(&endpoint, &["--user=root:R00t-pw-7", "user", "add", "bob:B0b-pw-3"]);
+    ctl(
+        &endpoint,
+        &["--user=root:R00t-pw-7", "user", "add", "bob:B0b-pw-3"],
+    );
     coffer.kill();
     coffer.restart().expect("restart after SIGKILL");
     check_state(&endpoint, "alice\nbob\nroot");
@@ -108,7 +118,13 @@ fn no_password_or_token_in_a_trace_log() {
     ctl_fails(&endpoint, &["--user=alice:Wr0ng-pw-1", "get", "/a/1"]);
     let out = etcdctl::run(
         &endpoint,
-        &["--user=root:R00t-pw-7", "user", "passwd", "alice", "--interactive=false"],
+        &[
+            "--user=root:R00t-pw-7",
+            "user",
+            "passwd",
+            "alice",
+            "--interactive=false",
+        ],
         Some("N3w-pw-5\n"),
     )
     .expect("etcdctl");
@@ -137,7 +153,8 @@ fn no_password_or_token_in_a_trace_log() {
                     value: b"v".to_vec(),
                     ..Default::default()
                 });
-                req.metadata_mut().insert("token", token.parse().expect("token"));
+                req.metadata_mut()
+                    .insert("token", token.parse().expect("token"));
                 let _ = kv.put(req).await;
             }
             secrets.push(token);
@@ -147,7 +164,8 @@ fn no_password_or_token_in_a_trace_log() {
             key: b"/a/1".to_vec(),
             ..Default::default()
         });
-        req.metadata_mut().insert("token", forged.parse().expect("token"));
+        req.metadata_mut()
+            .insert("token", forged.parse().expect("token"));
         let e = kv.range(req).await.expect_err("forged token");
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         secrets.push(forged);

@@ -87,9 +87,7 @@ pub fn admin<T>(
     view: &AuthState,
     rpc: &str,
 ) -> Result<Caller, Status> {
-    let caller = caller_of(request, shared, view)?;
-    require_admin(view, &caller, rpc)?;
-    Ok(caller)
+    admin_or(request, shared, view, rpc, |e| ServerError::from(e).into())
 }
 
 /// [`admin`] for the Maintenance RPCs, refused as etcd 3.5 refuses them: its maintenance
@@ -101,7 +99,20 @@ pub fn maintenance_admin<T>(
     view: &AuthState,
     rpc: &str,
 ) -> Result<Caller, Status> {
+    admin_or(request, shared, view, rpc, |e| {
+        Status::unknown(format!("auth: {e}"))
+    })
+}
+
+/// The caller of `request` if it is an admin, else `refuse` of the admin check's error.
+fn admin_or<T>(
+    request: &tonic::Request<T>,
+    shared: &Shared,
+    view: &AuthState,
+    rpc: &str,
+    refuse: impl FnOnce(coffer_store::Error) -> Status,
+) -> Result<Caller, Status> {
     let caller = caller_of(request, shared, view)?;
-    check_admin(view, &caller, rpc).map_err(|e| Status::unknown(format!("auth: {e}")))?;
+    check_admin(view, &caller, rpc).map_err(refuse)?;
     Ok(caller)
 }

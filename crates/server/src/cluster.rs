@@ -104,7 +104,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        admin(&request, &self.shared, &self.backend.auth_view(), "member_add")?;
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_add",
+        )?;
         let req = request.into_inner();
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(ServerError::MemberBadUrls.into());
@@ -117,7 +122,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        admin(&request, &self.shared, &self.backend.auth_view(), "member_remove")?;
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_remove",
+        )?;
         let req = request.into_inner();
         if req.id == self.shared.config.member_id {
             return Err(ServerError::MemberNotEnoughStarted.into());
@@ -130,7 +140,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        admin(&request, &self.shared, &self.backend.auth_view(), "member_update")?;
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_update",
+        )?;
         let req = request.into_inner();
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(ServerError::MemberBadUrls.into());
@@ -168,7 +183,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        admin(&request, &self.shared, &self.backend.auth_view(), "member_promote")?;
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_promote",
+        )?;
         let req = request.into_inner();
         if req.id != self.shared.config.member_id {
             return Err(ServerError::MemberNotFound.into());

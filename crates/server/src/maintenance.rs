@@ -184,7 +184,12 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        maintenance_admin(&request, &self.shared, &self.backend.auth_view(), "defragment")?;
+        maintenance_admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "defragment",
+        )?;
         let before = self
             .backend
             .status()
@@ -231,7 +236,12 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        maintenance_admin(&request, &self.shared, &self.backend.auth_view(), "snapshot")?;
+        maintenance_admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "snapshot",
+        )?;
         // Each snapshot is a full copy of the database on the data directory's disk until it
         // has been sent: at most `max_concurrent_snapshots` at once; more are refused at once
         // (etcd's overload error) rather than queued, so waiting calls cannot pile up.

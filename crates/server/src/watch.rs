@@ -80,7 +80,12 @@ fn log_refusal(hub: &WatchHub, caller: &Caller, c: &coffer_proto::WatchCreateReq
         return;
     }
     let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
-    let check = view.check(caller, key, &c.range_end, coffer_store::auth::PermType::Read);
+    let check = view.check(
+        caller,
+        key,
+        &c.range_end,
+        coffer_store::auth::PermType::Read,
+    );
     if let Err(e) = check {
         let on = target(&view, key, &c.range_end);
         let _ = refused(caller, "watch", &on, ServerError::from(e));
@@ -274,7 +279,9 @@ impl Watch for WatchService {
             .max(crate::config::MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
         let hub = Arc::clone(&self.hub);
-        tokio::spawn(serve_requests(stream, inbound, interval, failed_tx, caller, hub));
+        tokio::spawn(serve_requests(
+            stream, inbound, interval, failed_tx, caller, hub,
+        ));
         let shared = Arc::clone(&self.shared);
         let limit = shared.config.max_decoding_message_size();
         // Notices already queued are taken together and merged per watcher (merge.rs), so a

@@ -68,7 +68,11 @@ impl<B: Backend> AuthService<B> {
     }
 
     /// The caller of an admin-only `rpc`, with the auth state it was checked against.
-    fn admin<T>(&self, request: &Request<T>, rpc: &str) -> Result<(Caller, Arc<AuthState>), Status> {
+    fn admin<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &str,
+    ) -> Result<(Caller, Arc<AuthState>), Status> {
         let view = self.backend.auth_view();
         let caller = admin(request, &self.shared, &view, rpc)?;
         Ok((caller, view))
@@ -365,7 +369,9 @@ impl<B: Backend> Auth for AuthService<B> {
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
         let (caller, _) = self.admin(&request, "role_delete")?;
         let name = request.into_inner().role;
-        let header = self.change(&caller, AuthChange::RoleDelete { name }).await?;
+        let header = self
+            .change(&caller, AuthChange::RoleDelete { name })
+            .await?;
         Ok(Response::new(AuthRoleDeleteResponse { header }))
     }
 

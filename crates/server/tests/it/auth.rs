@@ -253,28 +253,55 @@ async fn the_permission_table_over_every_rpc() {
         range_end: e.into(),
         ..Default::default()
     };
-    expect_ok(kv.delete_range(with(wb, del("/b/2", ""))).await, "wb del /b/2");
-    expect_err(kv.delete_range(with(ra, del("/a/1", ""))).await, DENIED, "ra del");
-    expect_err(kv.delete_range(with(wb, del("/b/", "/c"))).await, DENIED, "wb del /b/../c");
-    expect_err(kv.delete_range(with(None, del("/b/1", ""))).await, EMPTY, "anonymous del");
+    expect_ok(
+        kv.delete_range(with(wb, del("/b/2", ""))).await,
+        "wb del /b/2",
+    );
+    expect_err(
+        kv.delete_range(with(ra, del("/a/1", ""))).await,
+        DENIED,
+        "ra del",
+    );
+    expect_err(
+        kv.delete_range(with(wb, del("/b/", "/c"))).await,
+        DENIED,
+        "wb del /b/../c",
+    );
+    expect_err(
+        kv.delete_range(with(None, del("/b/1", ""))).await,
+        EMPTY,
+        "anonymous del",
+    );
 
     // Txn: compares READ, both branches checked, nested txns checked.
     let ok = kv
-        .txn(with(ra, txn(Some("/a/1"), vec![op_range("/a/1")], vec![op_range("/a/2")])))
+        .txn(with(
+            ra,
+            txn(Some("/a/1"), vec![op_range("/a/1")], vec![op_range("/a/2")]),
+        ))
         .await;
     assert!(expect_ok(ok, "ra read-only txn").into_inner().succeeded);
     expect_err(
-        kv.txn(with(wb, txn(Some("/a/1"), vec![op_put("/b/3")], vec![]))).await,
+        kv.txn(with(wb, txn(Some("/a/1"), vec![op_put("/b/3")], vec![])))
+            .await,
         DENIED,
         "wb compare on /a/",
     );
     expect_err(
-        kv.txn(with(wb, txn(None, vec![op_put("/b/3")], vec![op_put("/a/3")]))).await,
+        kv.txn(with(
+            wb,
+            txn(None, vec![op_put("/b/3")], vec![op_put("/a/3")]),
+        ))
+        .await,
         DENIED,
         "wb failure branch writes /a/ (not taken)",
     );
     expect_err(
-        kv.txn(with(ra, txn(None, vec![op_range("/a/1")], vec![op_range("/b/1")]))).await,
+        kv.txn(with(
+            ra,
+            txn(None, vec![op_range("/a/1")], vec![op_range("/b/1")]),
+        ))
+        .await,
         DENIED,
         "ra failure branch reads /b/ (not taken)",
     );
@@ -282,19 +309,36 @@ async fn the_permission_table_over_every_rpc() {
         request: Some(Request::RequestTxn(txn(None, vec![op_put("/a/4")], vec![]))),
     };
     expect_err(
-        kv.txn(with(wb, txn(None, vec![op_put("/b/4"), nested], vec![]))).await,
+        kv.txn(with(wb, txn(None, vec![op_put("/b/4"), nested], vec![])))
+            .await,
         DENIED,
         "wb nested txn writes /a/",
     );
     expect_ok(
-        kv.txn(with(wb, txn(None, vec![op_put("/b/4")], vec![op_put("/b/5")]))).await,
+        kv.txn(with(
+            wb,
+            txn(None, vec![op_put("/b/4")], vec![op_put("/b/5")]),
+        ))
+        .await,
         "wb txn on /b/",
     );
-    expect_err(kv.txn(with(None, txn(None, vec![op_range("/a/1")], vec![]))).await, EMPTY, "anonymous txn");
+    expect_err(
+        kv.txn(with(None, txn(None, vec![op_range("/a/1")], vec![])))
+            .await,
+        EMPTY,
+        "anonymous txn",
+    );
 
     // Compact: no permission needed, not even a user.
     expect_ok(
-        kv.compact(with(None, CompactionRequest { revision: 1, physical: false })).await,
+        kv.compact(with(
+            None,
+            CompactionRequest {
+                revision: 1,
+                physical: false,
+            },
+        ))
+        .await,
         "anonymous compact",
     );
 
@@ -302,71 +346,184 @@ async fn the_permission_table_over_every_rpc() {
     // time-to-live with keys READ on them.
     let mut lease = LeaseClient::new(ch.clone());
     let id = expect_ok(
-        lease.lease_grant(with(None, LeaseGrantRequest { ttl: 600, id: 0 })).await,
+        lease
+            .lease_grant(with(None, LeaseGrantRequest { ttl: 600, id: 0 }))
+            .await,
         "anonymous lease grant",
     )
     .into_inner()
     .id;
-    kv.put(with(root, PutRequest { lease: id, ..put("/a/leased", b"l") }))
-        .await
-        .unwrap();
-    expect_ok(lease.lease_leases(with(None, LeaseLeasesRequest {})).await, "anonymous leases");
+    kv.put(with(
+        root,
+        PutRequest {
+            lease: id,
+            ..put("/a/leased", b"l")
+        },
+    ))
+    .await
+    .unwrap();
+    expect_ok(
+        lease.lease_leases(with(None, LeaseLeasesRequest {})).await,
+        "anonymous leases",
+    );
     let ka = lease
-        .lease_keep_alive(with(None, tokio_stream::iter(vec![LeaseKeepAliveRequest { id }])))
+        .lease_keep_alive(with(
+            None,
+            tokio_stream::iter(vec![LeaseKeepAliveRequest { id }]),
+        ))
         .await;
     let mut ka = expect_ok(ka, "anonymous keep-alive").into_inner();
     assert!(ka.next().await.unwrap().unwrap().ttl > 0);
     let ttl = |keys| LeaseTimeToLiveRequest { id, keys };
-    let got = expect_ok(lease.lease_time_to_live(with(ra, ttl(true))).await, "ra ttl keys");
+    let got = expect_ok(
+        lease.lease_time_to_live(with(ra, ttl(true))).await,
+        "ra ttl keys",
+    );
     assert_eq!(got.into_inner().keys, vec![b"/a/leased".to_vec()]);
-    expect_err(lease.lease_time_to_live(with(wb, ttl(true))).await, DENIED, "wb ttl keys");
-    expect_ok(lease.lease_time_to_live(with(wb, ttl(false))).await, "wb ttl without keys");
-    expect_err(lease.lease_revoke(with(ra, LeaseRevokeRequest { id })).await, DENIED, "ra revoke");
-    expect_err(lease.lease_revoke(with(wb, LeaseRevokeRequest { id })).await, DENIED, "wb revoke");
-    expect_err(lease.lease_revoke(with(None, LeaseRevokeRequest { id })).await, EMPTY, "anon revoke");
-    expect_ok(lease.lease_revoke(with(root, LeaseRevokeRequest { id })).await, "root revoke");
+    expect_err(
+        lease.lease_time_to_live(with(wb, ttl(true))).await,
+        DENIED,
+        "wb ttl keys",
+    );
+    expect_ok(
+        lease.lease_time_to_live(with(wb, ttl(false))).await,
+        "wb ttl without keys",
+    );
+    expect_err(
+        lease
+            .lease_revoke(with(ra, LeaseRevokeRequest { id }))
+            .await,
+        DENIED,
+        "ra revoke",
+    );
+    expect_err(
+        lease
+            .lease_revoke(with(wb, LeaseRevokeRequest { id }))
+            .await,
+        DENIED,
+        "wb revoke",
+    );
+    expect_err(
+        lease
+            .lease_revoke(with(None, LeaseRevokeRequest { id }))
+            .await,
+        EMPTY,
+        "anon revoke",
+    );
+    expect_ok(
+        lease
+            .lease_revoke(with(root, LeaseRevokeRequest { id }))
+            .await,
+        "root revoke",
+    );
 
     // Watch: READ on the range; a refusal is a cancelled create.
     let created = watch_first(&ch, ra, "/a/1").await;
     assert!(created.created && !created.canceled, "{created:?}");
     for (who, t, want) in [
-        ("wb", wb, "rpc error: code = PermissionDenied desc = etcdserver: permission denied"),
-        ("none", None, "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"),
+        (
+            "wb",
+            wb,
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+        ),
+        (
+            "none",
+            None,
+            "rpc error: code = InvalidArgument desc = etcdserver: user name is empty",
+        ),
     ] {
         let refused = watch_first(&ch, t, "/a/1").await;
         assert!(refused.created && refused.canceled, "{who}: {refused:?}");
         assert_eq!(refused.cancel_reason, want, "{who}");
     }
     let bad = WatchClient::new(ch.clone())
-        .watch(with(Some("nope.1"), tokio_stream::iter(Vec::<WatchRequest>::new())))
+        .watch(with(
+            Some("nope.1"),
+            tokio_stream::iter(Vec::<WatchRequest>::new()),
+        ))
         .await;
     expect_err(bad.map(|_| ()), BAD_TOKEN, "watch with a bad token");
 
     // Maintenance: Status and Alarm need nothing; Hash, HashKV, Defragment, Snapshot admin.
     let mut m = MaintenanceClient::new(ch.clone());
-    expect_ok(m.status(with(None, StatusRequest {})).await, "anonymous status");
-    expect_ok(m.alarm(with(None, AlarmRequest::default())).await, "anonymous alarm get");
-    expect_err(m.status(with(Some("nope.1"), StatusRequest {})).await, BAD_TOKEN, "bad token status");
+    expect_ok(
+        m.status(with(None, StatusRequest {})).await,
+        "anonymous status",
+    );
+    expect_ok(
+        m.alarm(with(None, AlarmRequest::default())).await,
+        "anonymous alarm get",
+    );
+    expect_err(
+        m.status(with(Some("nope.1"), StatusRequest {})).await,
+        BAD_TOKEN,
+        "bad token status",
+    );
     expect_err(m.hash(with(ra, HashRequest {})).await, M_DENIED, "ra hash");
-    expect_err(m.hash(with(None, HashRequest {})).await, M_EMPTY, "anonymous hash");
-    expect_err(m.hash_kv(with(wb, HashKvRequest { revision: 0 })).await, M_DENIED, "wb hashkv");
-    expect_err(m.defragment(with(ra, DefragmentRequest {})).await, M_DENIED, "ra defrag");
-    expect_err(m.snapshot(with(ra, SnapshotRequest {})).await.map(|_| ()), M_DENIED, "ra snapshot");
+    expect_err(
+        m.hash(with(None, HashRequest {})).await,
+        M_EMPTY,
+        "anonymous hash",
+    );
+    expect_err(
+        m.hash_kv(with(wb, HashKvRequest { revision: 0 })).await,
+        M_DENIED,
+        "wb hashkv",
+    );
+    expect_err(
+        m.defragment(with(ra, DefragmentRequest {})).await,
+        M_DENIED,
+        "ra defrag",
+    );
+    expect_err(
+        m.snapshot(with(ra, SnapshotRequest {})).await.map(|_| ()),
+        M_DENIED,
+        "ra snapshot",
+    );
     expect_ok(m.hash(with(root, HashRequest {})).await, "root hash");
-    expect_ok(m.hash_kv(with(root, HashKvRequest { revision: 0 })).await, "root hashkv");
-    expect_ok(m.defragment(with(root, DefragmentRequest {})).await, "root defrag");
-    let mut snap = expect_ok(m.snapshot(with(root, SnapshotRequest {})).await, "root snapshot").into_inner();
+    expect_ok(
+        m.hash_kv(with(root, HashKvRequest { revision: 0 })).await,
+        "root hashkv",
+    );
+    expect_ok(
+        m.defragment(with(root, DefragmentRequest {})).await,
+        "root defrag",
+    );
+    let mut snap = expect_ok(
+        m.snapshot(with(root, SnapshotRequest {})).await,
+        "root snapshot",
+    )
+    .into_inner();
     assert!(snap.next().await.unwrap().is_ok());
     drop(snap);
 
     // Cluster: MemberList needs nothing, changes are admin (root then gets the member answer).
     let mut c = ClusterClient::new(ch.clone());
-    expect_ok(c.member_list(with(None, MemberListRequest::default())).await, "anon member list");
+    expect_ok(
+        c.member_list(with(None, MemberListRequest::default()))
+            .await,
+        "anon member list",
+    );
     let remove = || MemberRemoveRequest { id: 1 };
-    expect_err(c.member_remove(with(ra, remove())).await, DENIED, "ra member remove");
-    expect_err(c.member_remove(with(None, remove())).await, EMPTY, "anon member remove");
     expect_err(
-        c.member_add(with(wb, MemberAddRequest { peer_ur_ls: vec!["http://10.0.0.1:2380".into()], is_learner: false })).await,
+        c.member_remove(with(ra, remove())).await,
+        DENIED,
+        "ra member remove",
+    );
+    expect_err(
+        c.member_remove(with(None, remove())).await,
+        EMPTY,
+        "anon member remove",
+    );
+    expect_err(
+        c.member_add(with(
+            wb,
+            MemberAddRequest {
+                peer_ur_ls: vec!["http://10.0.0.1:2380".into()],
+                is_learner: false,
+            },
+        ))
+        .await,
         DENIED,
         "wb member add",
     );
@@ -382,19 +539,63 @@ async fn the_permission_table_over_every_rpc() {
     let role_get = |n: &str| AuthRoleGetRequest { role: n.into() };
     let roles = expect_ok(a.user_get(with(ra, user_get("ra"))).await, "ra gets itself");
     assert_eq!(roles.into_inner().roles, vec!["reader".to_owned()]);
-    expect_err(a.user_get(with(ra, user_get("wb"))).await, DENIED, "ra gets wb");
-    expect_err(a.user_get(with(None, user_get("wb"))).await, EMPTY, "anonymous user get");
-    let perms = expect_ok(a.role_get(with(ra, role_get("reader"))).await, "ra gets its role");
-    assert_eq!(perms.into_inner().perm, vec![prefix_perm(PermType::Read, "/a/")]);
-    expect_err(a.role_get(with(ra, role_get("writer"))).await, DENIED, "ra gets writer");
-    expect_err(a.user_list(with(ra, AuthUserListRequest {})).await, DENIED, "ra user list");
-    expect_err(a.role_list(with(wb, AuthRoleListRequest {})).await, DENIED, "wb role list");
-    expect_err(a.auth_status(with(ra, AuthStatusRequest {})).await, DENIED, "ra auth status");
-    expect_err(a.user_add(with(ra, add("eve", "x"))).await, DENIED, "ra user add");
-    expect_err(a.auth_disable(with(wb, AuthDisableRequest {})).await, DENIED, "wb auth disable");
-    let users = expect_ok(a.user_list(with(root, AuthUserListRequest {})).await, "root user list");
+    expect_err(
+        a.user_get(with(ra, user_get("wb"))).await,
+        DENIED,
+        "ra gets wb",
+    );
+    expect_err(
+        a.user_get(with(None, user_get("wb"))).await,
+        EMPTY,
+        "anonymous user get",
+    );
+    let perms = expect_ok(
+        a.role_get(with(ra, role_get("reader"))).await,
+        "ra gets its role",
+    );
+    assert_eq!(
+        perms.into_inner().perm,
+        vec![prefix_perm(PermType::Read, "/a/")]
+    );
+    expect_err(
+        a.role_get(with(ra, role_get("writer"))).await,
+        DENIED,
+        "ra gets writer",
+    );
+    expect_err(
+        a.user_list(with(ra, AuthUserListRequest {})).await,
+        DENIED,
+        "ra user list",
+    );
+    expect_err(
+        a.role_list(with(wb, AuthRoleListRequest {})).await,
+        DENIED,
+        "wb role list",
+    );
+    expect_err(
+        a.auth_status(with(ra, AuthStatusRequest {})).await,
+        DENIED,
+        "ra auth status",
+    );
+    expect_err(
+        a.user_add(with(ra, add("eve", "x"))).await,
+        DENIED,
+        "ra user add",
+    );
+    expect_err(
+        a.auth_disable(with(wb, AuthDisableRequest {})).await,
+        DENIED,
+        "wb auth disable",
+    );
+    let users = expect_ok(
+        a.user_list(with(root, AuthUserListRequest {})).await,
+        "root user list",
+    );
     assert_eq!(users.into_inner().users, ["np", "ra", "root", "wb"]);
-    let status = expect_ok(a.auth_status(with(root, AuthStatusRequest {})).await, "root status");
+    let status = expect_ok(
+        a.auth_status(with(root, AuthStatusRequest {})).await,
+        "root status",
+    );
     let status = status.into_inner();
     assert!(status.enabled);
     assert!(status.auth_revision > 1, "{status:?}");
@@ -402,25 +603,53 @@ async fn the_permission_table_over_every_rpc() {
 
     // A password change drops the user's simple tokens; the new password works.
     expect_ok(
-        a.user_change_password(with(root, AuthUserChangePasswordRequest {
-            name: "ra".into(),
-            password: "rapw2".into(),
-            hashed_password: String::new(),
-        }))
+        a.user_change_password(with(
+            root,
+            AuthUserChangePasswordRequest {
+                name: "ra".into(),
+                password: "rapw2".into(),
+                hashed_password: String::new(),
+            },
+        ))
         .await,
         "root changes ra's password",
     );
-    expect_err(kv.range(with(ra, range("/a/1", ""))).await, BAD_TOKEN, "ra's old token");
+    expect_err(
+        kv.range(with(ra, range("/a/1", ""))).await,
+        BAD_TOKEN,
+        "ra's old token",
+    );
     let ra2 = login(&ch, "ra", "rapw2").await;
-    expect_ok(kv.range(with(Some(&ra2), range("/a/1", ""))).await, "ra's new token");
+    expect_ok(
+        kv.range(with(Some(&ra2), range("/a/1", ""))).await,
+        "ra's new token",
+    );
     // Deleting a user drops its tokens.
-    expect_ok(a.user_delete(with(root, AuthUserDeleteRequest { name: "wb".into() })).await, "delete wb");
-    expect_err(kv.range(with(wb, range("/b/1", ""))).await, BAD_TOKEN, "deleted wb's token");
+    expect_ok(
+        a.user_delete(with(root, AuthUserDeleteRequest { name: "wb".into() }))
+            .await,
+        "delete wb",
+    );
+    expect_err(
+        kv.range(with(wb, range("/b/1", ""))).await,
+        BAD_TOKEN,
+        "deleted wb's token",
+    );
     // Disabling auth drops every token; requests then need none.
-    expect_ok(a.auth_disable(with(root, AuthDisableRequest {})).await, "root disables");
-    expect_ok(kv.put(with(None, put("/z", b"z"))).await, "anonymous put after disable");
+    expect_ok(
+        a.auth_disable(with(root, AuthDisableRequest {})).await,
+        "root disables",
+    );
+    expect_ok(
+        kv.put(with(None, put("/z", b"z"))).await,
+        "anonymous put after disable",
+    );
     a.auth_enable(AuthEnableRequest {}).await.unwrap();
-    expect_err(kv.range(with(root, range("/a/1", ""))).await, BAD_TOKEN, "root's token after disable");
+    expect_err(
+        kv.range(with(root, range("/a/1", ""))).await,
+        BAD_TOKEN,
+        "root's token after disable",
+    );
     shutdown(r).await;
 }
 
@@ -435,27 +664,47 @@ async fn authenticate_refusals() {
     };
     expect_err(
         a.authenticate(auth("root", "x")).await,
-        (Code::FailedPrecondition, "etcdserver: authentication is not enabled"),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled",
+        ),
         "while disabled",
     );
     setup(&ch).await;
-    expect_err(a.authenticate(auth("ra", "wrong")).await, AUTH_FAILED, "wrong password");
-    expect_err(a.authenticate(auth("nosuch", "rapw")).await, AUTH_FAILED, "unknown user");
+    expect_err(
+        a.authenticate(auth("ra", "wrong")).await,
+        AUTH_FAILED,
+        "wrong password",
+    );
+    expect_err(
+        a.authenticate(auth("nosuch", "rapw")).await,
+        AUTH_FAILED,
+        "unknown user",
+    );
     expect_err(
         a.authenticate(auth("np", "")).await,
-        (Code::Unknown, "auth: authentication failed, password was given for no password user"),
+        (
+            Code::Unknown,
+            "auth: authentication failed, password was given for no password user",
+        ),
         "no_password user",
     );
     // The failure limit (5 failures per user name and per address, then one a second): the
     // three failures above counted for this address, so the third bad try as wb is refused
     // before its password is checked, and so is then the right password.
     for i in 0..2 {
-        expect_err(a.authenticate(auth("wb", "bad")).await, AUTH_FAILED, &format!("wb try {i}"));
+        expect_err(
+            a.authenticate(auth("wb", "bad")).await,
+            AUTH_FAILED,
+            &format!("wb try {i}"),
+        );
     }
     let limited = a.authenticate(auth("wb", "wbpw")).await.unwrap_err();
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
     assert!(
-        limited.message().starts_with("etcdserver: too many failed authentications, retry in "),
+        limited
+            .message()
+            .starts_with("etcdserver: too many failed authentications, retry in "),
         "{limited:?}"
     );
     shutdown(r).await;
@@ -471,10 +720,17 @@ async fn a_simple_token_expires_after_its_ttl() {
     // Each use restarts the lifetime.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        expect_ok(kv.range(with(Some(&token), range("/a/1", ""))).await, "in use");
+        expect_ok(
+            kv.range(with(Some(&token), range("/a/1", ""))).await,
+            "in use",
+        );
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    expect_err(kv.range(with(Some(&token), range("/a/1", ""))).await, BAD_TOKEN, "expired");
+    expect_err(
+        kv.range(with(Some(&token), range("/a/1", ""))).await,
+        BAD_TOKEN,
+        "expired",
+    );
     shutdown(r).await;
 }
 
@@ -493,21 +749,34 @@ async fn a_jwt_with_a_bad_signature_is_refused() {
     let token = login(&ch, "ra", "rapw").await;
     assert_eq!(token.split('.').count(), 3, "a JWT");
     let mut kv = KvClient::new(ch.clone());
-    expect_ok(kv.range(with(Some(&token), range("/a/1", ""))).await, "the JWT");
+    expect_ok(
+        kv.range(with(Some(&token), range("/a/1", ""))).await,
+        "the JWT",
+    );
     // Flip one character of the signature.
     let (head, sig) = token.rsplit_once('.').unwrap();
     let mut sig = sig.to_owned().into_bytes();
     sig[0] = if sig[0] == b'A' { b'B' } else { b'A' };
     let forged = format!("{head}.{}", String::from_utf8(sig).unwrap());
-    expect_err(kv.range(with(Some(&forged), range("/a/1", ""))).await, BAD_TOKEN, "forged");
+    expect_err(
+        kv.range(with(Some(&forged), range("/a/1", ""))).await,
+        BAD_TOKEN,
+        "forged",
+    );
     // A JWT carries the auth revision it was issued at: after an auth change it is old.
     AuthClient::new(ch.clone())
-        .role_add(with(Some(&login(&ch, "root", "rootpw").await), AuthRoleAddRequest { name: "x".into() }))
+        .role_add(with(
+            Some(&login(&ch, "root", "rootpw").await),
+            AuthRoleAddRequest { name: "x".into() },
+        ))
         .await
         .unwrap();
     expect_err(
         kv.range(with(Some(&token), range("/a/1", ""))).await,
-        (Code::InvalidArgument, "etcdserver: revision of auth store is old"),
+        (
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old",
+        ),
         "a JWT from before the change",
     );
     shutdown(r).await;
@@ -539,12 +808,27 @@ async fn the_certificate_common_name_is_the_user() {
         });
         req
     };
-    expect_ok(kv.range(as_cn(Some("ra"), None, "/a/1")).await, "CN ra reads /a/");
-    expect_err(kv.range(as_cn(Some("ra"), None, "/b/1")).await, DENIED, "CN ra reads /b/");
-    expect_err(kv.range(as_cn(Some("ghost"), None, "/a/1")).await, DENIED, "CN of no user");
+    expect_ok(
+        kv.range(as_cn(Some("ra"), None, "/a/1")).await,
+        "CN ra reads /a/",
+    );
+    expect_err(
+        kv.range(as_cn(Some("ra"), None, "/b/1")).await,
+        DENIED,
+        "CN ra reads /b/",
+    );
+    expect_err(
+        kv.range(as_cn(Some("ghost"), None, "/a/1")).await,
+        DENIED,
+        "CN of no user",
+    );
     expect_err(kv.range(as_cn(None, None, "/a/1")).await, EMPTY, "no CN");
     // The no_password user exists for certificates: it reads nothing, but is a user.
-    expect_err(kv.range(as_cn(Some("np"), None, "/a/1")).await, DENIED, "CN np");
+    expect_err(
+        kv.range(as_cn(Some("np"), None, "/a/1")).await,
+        DENIED,
+        "CN np",
+    );
     let token = auth
         .authenticate(tonic::Request::new(AuthenticateRequest {
             name: "wb".into(),
