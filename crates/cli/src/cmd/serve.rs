@@ -48,7 +48,7 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "[online] Serve the etcd v3 gRPC API (KV, Watch, Lease, Maintenance with Snapshot, \
-Cluster, health) from an \
+Cluster, Auth, health) from an \
 embedded store in --data-dir. Every value is sealed before it reaches the disk, in \
 kube-apiserver's own formats: keys that a rule of --encryption-provider-config covers use that \
 rule's providers; every other key uses Coffer's default key (KMS v2 format), kept in \
@@ -56,7 +56,7 @@ rule's providers; every other key uses Coffer's default key (KMS v2 format), kep
 Snapshots (etcdctl snapshot save) are etcd's bbolt layout with the values still sealed; \
 `coffer snapshot restore` turns one back into a data directory. Writes are refused while the \
 NOSPACE alarm is active (--quota-backend-bytes) or the disk has less than 16 MiB free.\n\n\
-Auth and TLS are not served yet (Auth answers UNIMPLEMENTED).",
+TLS is not served yet.",
     after_help = "Examples:\n  coffer serve\n  coffer serve --name node1 --data-dir /var/lib/coffer \
 --listen-client-urls http://127.0.0.1:2379\n  coffer serve --encryption-provider-config /etc/kubernetes/enc.yaml"
 )]
