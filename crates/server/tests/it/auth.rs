@@ -601,6 +601,16 @@ async fn the_permission_table_over_every_rpc() {
     assert!(status.auth_revision > 1, "{status:?}");
     assert!(status.header.unwrap().revision > 1);
 
+    // grpc.health answers without a token, and with a bad one.
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for token in [None, Some("nope.1")] {
+        let check = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        let resp = expect_ok(h.check(with(token, check)).await, "health");
+        assert_eq!(resp.into_inner().status, 1, "SERVING");
+    }
+
     // A password change drops the user's simple tokens; the new password works.
     expect_ok(
         a.user_change_password(with(
