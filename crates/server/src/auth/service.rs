@@ -93,10 +93,11 @@ impl<B: Backend> AuthService<B> {
         Ok(Some(self.shared.header(changed.revision)))
     }
 
-    /// The hash to store for a password: etcd 3.5's `hashed_password` (base64 of a bcrypt
-    /// hash) when given, else a new bcrypt hash of `password` at `--bcrypt-cost`.
+    /// The hash to store for a password: a new bcrypt hash of `password` at `--bcrypt-cost`,
+    /// or, when only `hashed_password` is given, that (etcd 3.5's form: base64 of a bcrypt
+    /// hash).
     async fn hash(&self, password: Secret, hashed: &str) -> Result<PasswordHash, Status> {
-        if !hashed.is_empty() {
+        if password.expose().is_empty() && !hashed.is_empty() {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(hashed)
                 .map_err(|_| Status::invalid_argument("coffer: hashed_password is not base64"))?;

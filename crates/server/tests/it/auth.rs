@@ -680,7 +680,32 @@ async fn authenticate_refusals() {
         ),
         "while disabled",
     );
+    // A user added with etcd 3.5's hashed_password (base64 of a bcrypt hash); a password
+    // bcrypt cannot take is refused as Go's bcrypt refuses it.
+    let hash = coffer_server::auth::password::hash(
+        coffer_server::auth::Secret::new("hp-pw"),
+        BcryptCost::new(4).unwrap(),
+    )
+    .await
+    .unwrap();
+    use base64::Engine as _;
+    a.user_add(AuthUserAddRequest {
+        name: "hp".into(),
+        hashed_password: base64::engine::general_purpose::STANDARD.encode(hash),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    expect_err(
+        a.user_add(add("long", &"x".repeat(73))).await,
+        (Code::Unknown, "bcrypt: password length exceeds 72 bytes"),
+        "a 73-byte password",
+    );
     setup(&ch).await;
+    expect_ok(
+        a.authenticate(auth("hp", "hp-pw")).await,
+        "the hashed_password user",
+    );
     expect_err(
         a.authenticate(auth("ra", "wrong")).await,
         AUTH_FAILED,
