@@ -15,6 +15,7 @@ use coffer_store::Backend;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use crate::caller::{admin, caller_of};
 use crate::errors::ServerError;
 use crate::state::Shared;
 
@@ -103,6 +104,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_add",
+        )?;
         let req = request.into_inner();
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(ServerError::MemberBadUrls.into());
@@ -115,6 +122,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_remove",
+        )?;
         let req = request.into_inner();
         if req.id == self.shared.config.member_id {
             return Err(ServerError::MemberNotEnoughStarted.into());
@@ -127,6 +140,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_update",
+        )?;
         let req = request.into_inner();
         if !valid_peer_urls(&req.peer_ur_ls) {
             return Err(ServerError::MemberBadUrls.into());
@@ -149,8 +168,9 @@ impl<B: Backend> Cluster for ClusterService<B> {
     #[instrument(skip_all, name = "cluster.member_list")]
     async fn member_list(
         &self,
-        _request: Request<MemberListRequest>,
+        request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let revision = self.revision().await?;
         Ok(Response::new(MemberListResponse {
             header: Some(self.shared.header(revision)),
@@ -163,6 +183,12 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "member_promote",
+        )?;
         let req = request.into_inner();
         if req.id != self.shared.config.member_id {
             return Err(ServerError::MemberNotFound.into());

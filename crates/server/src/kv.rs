@@ -15,7 +15,7 @@ use coffer_store::{quota, AlarmChange, Backend};
 use tonic::{Request, Response, Status};
 use tracing::{debug, error, instrument, warn};
 
-use crate::caller::caller_of;
+use crate::caller::{caller_of, refused, target};
 use crate::errors::ServerError;
 use crate::state::Shared;
 use crate::validate;
@@ -84,8 +84,10 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let caller = caller_of(&request);
+        let view = self.backend.auth_view();
+        let caller = caller_of(&request, &self.shared, &view)?;
         let req = request.into_inner();
+        let on = target(&view, &req.key, &req.range_end);
         debug!(
             key_len = req.key.len(),
             range_end_len = req.range_end.len(),
@@ -99,7 +101,7 @@ impl<B: Backend> Kv for KvService<B> {
             .backend
             .range(&caller, req)
             .await
-            .map_err(ServerError::from)?;
+            .map_err(|e| refused(&caller, "range", &on, e.into()))?;
         // etcd finds a bad sort target only after the read (revision errors come first).
         sort_check?;
         self.shared.stamp(&mut resp.header);
@@ -110,8 +112,10 @@ impl<B: Backend> Kv for KvService<B> {
 
     #[instrument(skip_all, name = "kv.put")]
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let caller = caller_of(&request);
+        let view = self.backend.auth_view();
+        let caller = caller_of(&request, &self.shared, &view)?;
         let req = request.into_inner();
+        let on = target(&view, &req.key, b"");
         debug!(
             key_len = req.key.len(),
             value_len = req.value.len(),
@@ -127,7 +131,7 @@ impl<B: Backend> Kv for KvService<B> {
         }
         let mut resp = match self.backend.put(&caller, req).await {
             Ok(r) => r,
-            Err(e) => return Err(self.failed(e).await.into()),
+            Err(e) => return Err(refused(&caller, "put", &on, self.failed(e).await).into()),
         };
         self.shared.stamp(&mut resp.header);
         Ok(Response::new(resp))
@@ -138,8 +142,10 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let caller = caller_of(&request);
+        let view = self.backend.auth_view();
+        let caller = caller_of(&request, &self.shared, &view)?;
         let req = request.into_inner();
+        let on = target(&view, &req.key, &req.range_end);
         debug!(
             key_len = req.key.len(),
             range_end_len = req.range_end.len(),
@@ -151,7 +157,7 @@ impl<B: Backend> Kv for KvService<B> {
             .backend
             .delete_range(&caller, req)
             .await
-            .map_err(ServerError::from)?;
+            .map_err(|e| refused(&caller, "delete_range", &on, e.into()))?;
         self.shared.stamp(&mut resp.header);
         debug!(deleted = resp.deleted, "delete_range done");
         Ok(Response::new(resp))
@@ -159,7 +165,8 @@ impl<B: Backend> Kv for KvService<B> {
 
     #[instrument(skip_all, name = "kv.txn")]
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let caller = caller_of(&request);
+        let view = self.backend.auth_view();
+        let caller = caller_of(&request, &self.shared, &view)?;
         let req = request.into_inner();
         debug!(
             compares = req.compare.len(),
@@ -177,7 +184,7 @@ impl<B: Backend> Kv for KvService<B> {
         }
         let mut resp = match self.backend.txn(&caller, req).await {
             Ok(r) => r,
-            Err(e) => return Err(self.failed(e).await.into()),
+            Err(e) => return Err(refused(&caller, "txn", &None, self.failed(e).await).into()),
         };
         self.shared.stamp(&mut resp.header);
         validate::response_size(&resp, self.shared.config.max_response_bytes)?;
@@ -190,6 +197,8 @@ impl<B: Backend> Kv for KvService<B> {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // Compact needs no permission (etcd checks none), but a bad token is still refused.
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let req = request.into_inner();
         debug!(revision = req.revision, physical = req.physical, "compact");
         validate::request_size(&req, self.shared.config.max_request_bytes)?;

@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
-use crate::caller::caller_of;
+use crate::caller::{caller_of, refused};
 use crate::errors::ServerError;
 use crate::state::Shared;
 
@@ -65,6 +65,7 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let req = request.into_inner();
         debug!(ttl = req.ttl, id = req.id, "lease grant");
         crate::kv::check_quota(&*self.backend, &self.shared, quota::LEASE_OVERHEAD).await?;
@@ -85,14 +86,14 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let caller = caller_of(&request);
+        let caller = caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let id = request.into_inner().id;
         debug!(id, "lease revoke");
         let mut resp = self
             .backend
             .lease_revoke(&caller, id)
             .await
-            .map_err(ServerError::from)?;
+            .map_err(|e| refused(&caller, "lease_revoke", &None, e.into()))?;
         self.shared.stamp(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -104,6 +105,7 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let backend = Arc::clone(&self.backend);
         let shared = Arc::clone(&self.shared);
         let out = request.into_inner().map(move |req| {
@@ -122,13 +124,13 @@ impl<B: Backend> Lease for LeaseService<B> {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let caller = caller_of(&request);
+        let caller = caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let req = request.into_inner();
         let revision = self.revision().await?;
         let status = self
             .backend
             .lease_status(&caller, req.id, req.keys)
-            .map_err(ServerError::from)?;
+            .map_err(|e| refused(&caller, "lease_time_to_live", &None, e.into()))?;
         let resp = match status {
             Some(st) => LeaseTimeToLiveResponse {
                 header: Some(self.shared.header(revision)),
@@ -151,8 +153,9 @@ impl<B: Backend> Lease for LeaseService<B> {
     #[instrument(skip_all, name = "lease.leases")]
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let revision = self.revision().await?;
         let leases = self
             .backend

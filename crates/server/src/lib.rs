@@ -1,7 +1,7 @@
 //! # coffer-server: etcd's v3 gRPC API over a Coffer store
 //!
-//! The tonic services (KV, Watch, Lease, Maintenance, Cluster and `grpc.health.v1`; Auth
-//! comes with a later issue and answers `UNIMPLEMENTED` until then), request limits
+//! The tonic services (KV, Watch, Lease, Maintenance, Cluster, Auth and `grpc.health.v1`;
+//! every request's caller is resolved in [`caller`]), request limits
 //! (`--max-request-bytes`, `--max-txn-ops`, `--max-response-bytes`, `--max-concurrent-streams`,
 //! the watcher and snapshot limits), request validation, and the one table that maps
 //! store errors to etcd's gRPC codes and `etcdserver: ...` strings. Thin: it translates,
@@ -284,6 +284,7 @@ where
     ))
     .max_decoding_message_size(max_recv)
     .max_encoding_message_size(max_send);
+    let auth = auth::service::server(backend.clone(), shared.clone());
     let cluster = ClusterServer::new(cluster::ClusterService::new(
         backend.clone(),
         shared.clone(),
@@ -303,6 +304,7 @@ where
         .add_service(kv)
         .add_service(maintenance)
         .add_service(cluster)
+        .add_service(auth)
         .add_service(lease);
     if let Some(watch) = watch {
         routes = routes.add_service(watch);

@@ -20,6 +20,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument, warn};
 
+use crate::caller::{caller_of, maintenance_admin};
 use crate::errors::ServerError;
 use crate::hash::hash_keyspace;
 use crate::state::{Shared, RAFT_TERM};
@@ -95,6 +96,7 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let req = request.into_inner();
         let alarm = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
         let member = AlarmMember {
@@ -150,8 +152,9 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
     #[instrument(skip_all, name = "maintenance.status")]
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let st = self.backend.status().await.map_err(ServerError::from)?;
         let member_id = self.shared.config.member_id;
         let errors = self
@@ -179,8 +182,14 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
     #[instrument(skip_all, name = "maintenance.defragment")]
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        maintenance_admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "defragment",
+        )?;
         let before = self
             .backend
             .status()
@@ -196,7 +205,8 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
     }
 
     #[instrument(skip_all, name = "maintenance.hash")]
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        maintenance_admin(&request, &self.shared, &self.backend.auth_view(), "hash")?;
         let h = hash_keyspace(&*self.backend, 0).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.shared.header(h.current_revision)),
@@ -209,6 +219,7 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        maintenance_admin(&request, &self.shared, &self.backend.auth_view(), "hash_kv")?;
         let h = hash_keyspace(&*self.backend, request.into_inner().revision).await?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.shared.header(h.current_revision)),
@@ -223,8 +234,14 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
     #[instrument(skip_all, name = "maintenance.snapshot")]
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        maintenance_admin(
+            &request,
+            &self.shared,
+            &self.backend.auth_view(),
+            "snapshot",
+        )?;
         // Each snapshot is a full copy of the database on the data directory's disk until it
         // has been sent: at most `max_concurrent_snapshots` at once; more are refused at once
         // (etcd's overload error) rather than queued, so waiting calls cannot pile up.
@@ -279,6 +296,7 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let req = request.into_inner();
         if req.target_id != self.shared.config.member_id {
             return Err(ServerError::BadLeaderTransferee.into());
@@ -299,6 +317,7 @@ impl<B: Backend + Defragment + SnapshotSource> Maintenance for MaintenanceServic
         &self,
         request: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        caller_of(&request, &self.shared, &self.backend.auth_view())?;
         let req = request.into_inner();
         match DowngradeAction::try_from(req.action) {
             Ok(DowngradeAction::Cancel) => Err(ServerError::NoInflightDowngrade.into()),

@@ -1,11 +1,16 @@
 //! State the services share: the member's identity for response headers, the limits (with the
-//! snapshot semaphore) and the shutdown signal. (Alarms live in the store, which persists them.)
+//! snapshot semaphore), the shutdown signal, and authentication (the token provider built from
+//! `ServerConfig.auth`, the failed-login limit). (Alarms and auth state live in the store.)
 
 use std::sync::Arc;
 
 use coffer_proto::ResponseHeader;
 use tonic::Status;
 
+use crate::auth::authenticate::Authenticator;
+use crate::auth::ratelimit::FailureLimiter;
+use crate::auth::token::{self, TokenInfo, TokenProvider};
+use crate::auth::{AuthError, Secret};
 use crate::config::ServerConfig;
 use crate::errors::ServerError;
 
@@ -22,6 +27,8 @@ pub struct Shared {
     stopping: tokio::sync::watch::Sender<bool>,
     /// One permit per Maintenance.Snapshot that may run (`max_concurrent_snapshots`).
     pub snapshots: Arc<tokio::sync::Semaphore>,
+    /// Password checks, the failed-login limit and the token provider.
+    pub auth: Authenticator,
 }
 
 impl Shared {
@@ -29,9 +36,25 @@ impl Shared {
     pub fn new(config: ServerConfig) -> Arc<Self> {
         Arc::new(Shared {
             snapshots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_snapshots)),
+            auth: Authenticator::new(
+                token_provider(&config),
+                FailureLimiter::default(),
+                config.auth.bcrypt_cost,
+            ),
             config,
             stopping: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Whether a verified client certificate's Common Name names the user: client certificate
+    /// authentication is on (`--client-cert-auth`, or `--trusted-ca-file`, which turns it on).
+    /// The transport puts a Common Name into the request's [`crate::peer::Peer`] only for a
+    /// certificate it verified.
+    pub fn client_cert_auth(&self) -> bool {
+        self.config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_cert())
     }
 
     /// Starts shutdown: every stream wrapped by [`Shared::until_stopped`] ends.
@@ -70,6 +93,33 @@ impl Shared {
         let revision = header.map_or(0, |h| h.revision);
         *header = Some(self.header(revision));
     }
+}
+
+/// The provider `config.auth` describes. `coffer serve` checks the spec (and reads the key
+/// files) before it starts; should the files be unreadable by now, the error is logged and no
+/// token is issued or accepted.
+fn token_provider(config: &ServerConfig) -> Arc<dyn TokenProvider> {
+    match token::new_provider(&config.auth.token, config.auth.token_ttl) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "no auth token provider: Authenticate will fail");
+            Arc::new(NoTokens)
+        }
+    }
+}
+
+/// Issues no token and accepts none.
+struct NoTokens;
+
+impl TokenProvider for NoTokens {
+    fn assign(&self, _user: &str, _auth_revision: u64) -> Result<Secret, AuthError> {
+        Err(AuthError::Internal)
+    }
+    fn info(&self, _token: &str) -> Option<TokenInfo> {
+        None
+    }
+    fn invalidate_user(&self, _user: &str) {}
+    fn disable(&self) {}
 }
 
 /// `stream` until `end` resolves, then `end`'s status as the last item. `end` is checked

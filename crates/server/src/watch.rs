@@ -23,7 +23,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, instrument};
 
-use crate::caller::caller_of;
+use crate::caller::{caller_of, refused, target};
+use crate::errors::ServerError;
 use crate::state::Shared;
 
 mod merge;
@@ -71,6 +72,26 @@ fn jittered(interval: Duration) -> Duration {
     interval + interval.mul_f64(f64::from(nanos % 1000) / 10_000.0)
 }
 
+/// Logs the denial of a watch create the store is about to refuse (it answers the client with
+/// a cancelled create; the check here only names the refusal in the log, once).
+fn log_refusal(hub: &WatchHub, caller: &Caller, c: &coffer_proto::WatchCreateRequest) {
+    let view = hub.auth_view();
+    if !view.enabled {
+        return;
+    }
+    let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+    let check = view.check(
+        caller,
+        key,
+        &c.range_end,
+        coffer_store::auth::PermType::Read,
+    );
+    if let Err(e) = check {
+        let on = target(&view, key, &c.range_end);
+        let _ = refused(caller, "watch", &on, ServerError::from(e));
+    }
+}
+
 /// Serves one stream's requests. A receive error (a request that does not decode, a broken
 /// request side) ends the RPC with that error, as etcd's `recvLoop` does; `failed` carries it
 /// to the response stream.
@@ -80,6 +101,7 @@ async fn serve_requests(
     interval: Duration,
     failed: tokio::sync::oneshot::Sender<Status>,
     caller: Caller,
+    hub: Arc<WatchHub>,
 ) {
     let mut ticker = tokio::time::interval(jittered(interval));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -91,6 +113,7 @@ async fn serve_requests(
                 Some(Ok(WatchRequest { request_union: Some(req) })) => match req {
                     RequestUnion::CreateRequest(c) => {
                         debug!(key_len = c.key.len(), start = c.start_revision, watch_id = c.watch_id, "watch create");
+                        log_refusal(&hub, &caller, &c);
                         stream.create(spec(&c), c.watch_id, &caller).await;
                     }
                     RequestUnion::CancelRequest(c) => stream.cancel(c.watch_id).await,
@@ -242,7 +265,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = caller_of(&request);
+        let caller = caller_of(&request, &self.shared, &self.hub.auth_view())?;
         let inbound = request.into_inner();
         let (mut stream, rx) = self.hub.open_stream(STREAM_BUFFER);
         stream.set_limits(
@@ -255,7 +278,10 @@ impl Watch for WatchService {
             .watch_progress_notify_interval
             .max(crate::config::MIN_WATCH_PROGRESS_NOTIFY_INTERVAL);
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(serve_requests(stream, inbound, interval, failed_tx, caller));
+        let hub = Arc::clone(&self.hub);
+        tokio::spawn(serve_requests(
+            stream, inbound, interval, failed_tx, caller, hub,
+        ));
         let shared = Arc::clone(&self.shared);
         let limit = shared.config.max_decoding_message_size();
         // Notices already queued are taken together and merged per watcher (merge.rs), so a

@@ -33,6 +33,10 @@ impl History for EmbeddedHistory {
             .check(caller, key, range_end, crate::auth::PermType::Read)
     }
 
+    fn auth_view(&self) -> Arc<crate::auth::AuthState> {
+        self.shared.auth()
+    }
+
     fn read(
         &self,
         key: &[u8],

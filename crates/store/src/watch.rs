@@ -71,6 +71,11 @@ pub trait History: Send + Sync + 'static {
         let _ = (caller, key, range_end);
         Ok(())
     }
+
+    /// The auth state now (for naming a stream's caller). Default: auth disabled.
+    fn auth_view(&self) -> Arc<crate::auth::AuthState> {
+        Arc::new(crate::auth::AuthState::default())
+    }
 }
 
 /// What a history read found.
@@ -438,6 +443,11 @@ impl WatchHub {
     /// Number of watchers.
     pub fn watcher_count(&self) -> usize {
         self.watchers.load(Ordering::Acquire)
+    }
+
+    /// The store's auth state now (the history's view of it).
+    pub fn auth_view(&self) -> Arc<crate::auth::AuthState> {
+        self.history.auth_view()
     }
 
     /// Last revision the hub was fed.

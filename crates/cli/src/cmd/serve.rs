@@ -48,7 +48,7 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 #[command(
     long_about = "[online] Serve the etcd v3 gRPC API (KV, Watch, Lease, Maintenance with Snapshot, \
-Cluster, health) from an \
+Cluster, Auth, health) from an \
 embedded store in --data-dir. Every value is sealed before it reaches the disk, in \
 kube-apiserver's own formats: keys that a rule of --encryption-provider-config covers use that \
 rule's providers; every other key uses Coffer's default key (KMS v2 format), kept in \
@@ -61,7 +61,8 @@ TLS: https:// and unixs:// listen URLs serve TLS with --cert-file and --key-file
 checked against --client-crl-file. The files are re-read when they change. gRPC and the HTTP \
 endpoints (/health, /version, /metrics) share each port. Plaintext http:// is refused on \
 non-loopback addresses unless --insecure-listen-plaintext is given. See docs/tls.md.\n\n\
-Auth is not served yet (Auth answers UNIMPLEMENTED).",
+Auth: etcd's Auth service (users, roles, permissions, simple and JWT tokens, the client \
+certificate's Common Name as the user); see docs/auth.md.",
     after_help = "Examples:\n  coffer serve\n  coffer serve --name node1 --data-dir /var/lib/coffer \
 --listen-client-urls http://127.0.0.1:2379\n  coffer serve --encryption-provider-config /etc/kubernetes/enc.yaml\n  \
 coffer serve --listen-client-urls https://0.0.0.0:2379 --cert-file server.crt --key-file server.key \

@@ -32,6 +32,14 @@ pub struct Authenticator {
     dummy: tokio::sync::OnceCell<String>,
 }
 
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("cost", &self.cost.get())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Authenticator {
     /// An authenticator issuing `tokens`, limiting failures with `limiter`; `cost` is
     /// `--bcrypt-cost` (the dummy hash's cost).

@@ -48,6 +48,7 @@ pub fn log_denial(user: Option<&str>, rpc: &str, key: &[u8], range_end: &[u8]) {
         range = %describe_range(key, range_end),
         "permission denied"
     );
+    coffer_metrics::auth_denied(rpc);
 }
 
 #[cfg(test)]

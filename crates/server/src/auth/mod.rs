@@ -14,6 +14,7 @@ pub mod denial;
 pub mod identity;
 pub mod password;
 pub mod ratelimit;
+pub mod service;
 pub mod token;
 
 use std::time::{Duration, Instant};
@@ -28,6 +29,9 @@ pub enum AuthError {
     /// A token that is unknown, expired, badly signed or of the wrong algorithm.
     #[error("etcdserver: invalid auth token")]
     InvalidAuthToken,
+    /// `Authenticate` while auth is disabled.
+    #[error("etcdserver: authentication is not enabled")]
+    NotEnabled,
     /// Wrong password or unknown user (the two are not told apart).
     #[error("etcdserver: authentication failed, invalid user ID or password")]
     AuthFailed,
@@ -59,6 +63,7 @@ impl AuthError {
         match self {
             AuthError::InvalidAuthToken => Code::Unauthenticated,
             AuthError::AuthFailed => Code::InvalidArgument,
+            AuthError::NotEnabled => Code::FailedPrecondition,
             AuthError::TooManyFailures { .. } => Code::ResourceExhausted,
             // etcd sends errors outside its table as UNKNOWN with the raw text.
             AuthError::PasswordTooLong | AuthError::VerifyOnly | AuthError::NoPasswordUser => {

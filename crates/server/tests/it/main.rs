@@ -21,6 +21,7 @@ use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
 
+mod auth;
 mod http;
 mod limits;
 mod tls;
@@ -269,13 +270,16 @@ async fn kv_headers_and_errors_over_the_wire() {
         )
     );
 
-    // Services of later issues (here Auth) answer UNIMPLEMENTED.
+    // Auth is served: a fresh store has auth disabled at auth revision 1.
     let mut auth = coffer_proto::auth_client::AuthClient::new(channel(&r).await);
-    let err = auth
+    let status = auth
         .auth_status(coffer_proto::AuthStatusRequest {})
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+        .unwrap()
+        .into_inner();
+    assert!(!status.enabled);
+    assert_eq!(status.auth_revision, 1);
+    assert_eq!(status.header.unwrap().member_id, r.member_id);
 
     shutdown(r).await;
 }
