@@ -168,9 +168,10 @@ impl Server {
             _ => None,
         };
         let proc = match kind {
-            ServerKind::Etcd => {
-                Proc::Etcd(EtcdProcess::start_with(EtcdOptions { extra_args: extra })?)
-            }
+            ServerKind::Etcd => Proc::Etcd(EtcdProcess::start_with(EtcdOptions {
+                extra_args: extra,
+                tls: opts.tls.clone(),
+            })?),
             ServerKind::Coffer => Proc::Coffer(CofferProcess::start(CofferOptions {
                 extra_args: extra,
                 binary: opts.coffer_binary.clone(),
