@@ -425,7 +425,9 @@ async fn blocking<T: Send + 'static>(
 /// Restarts the server with the clients held back meanwhile.
 async fn restart(server: &ServerHandle, shared: &Shared) -> Result<(), Error> {
     shared.set_up(false);
+    let started = std::time::Instant::now();
     let r = blocking(server, |s| s.restart()).await?;
+    tracing::info!(took = ?started.elapsed(), ok = r.is_ok(), "server restarted");
     shared.set_up(true);
     r
 }
