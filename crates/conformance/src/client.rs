@@ -22,7 +22,8 @@ use crate::HarnessError;
 /// Message size limit for our side: large enough to send a message etcd must refuse.
 const CLIENT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Opens a channel to `endpoint` (`http://127.0.0.1:PORT`).
+/// Opens a channel to `endpoint` (`http://127.0.0.1:PORT`, or `https://` for one registered
+/// with [`crate::tls::register`]).
 pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
     let ep = Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| HarnessError::Connect {
@@ -31,10 +32,12 @@ pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
         })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
-    ep.connect().await.map_err(|e| HarnessError::Connect {
-        endpoint: endpoint.to_string(),
-        message: e.to_string(),
-    })
+    crate::tls::connect(endpoint, ep)
+        .await
+        .map_err(|e| HarnessError::Connect {
+            endpoint: endpoint.to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Whether the server at `endpoint` answers a linearizable Range (or, if Range is not

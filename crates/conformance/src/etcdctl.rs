@@ -76,15 +76,20 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("etcdctl"))
 }
 
-/// Runs `ETCDCTL_API=3 etcdctl --endpoints <endpoint> <args...>`, feeding `stdin` if given.
+/// Runs `ETCDCTL_API=3 etcdctl --endpoints <endpoint> <args...>`, feeding `stdin` if given;
+/// with `--cacert/--cert/--key` first when `endpoint` is registered for mutual TLS
+/// ([`crate::tls::register`]).
 pub fn run(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, HarnessError> {
     let mut cmd = Command::new(binary());
     cmd.env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(endpoint)
         .arg("--dial-timeout=5s")
-        .arg("--command-timeout=10s")
-        .args(args)
+        .arg("--command-timeout=10s");
+    if let Some(files) = crate::tls::files_for(endpoint) {
+        cmd.args(files.etcdctl_args());
+    }
+    cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

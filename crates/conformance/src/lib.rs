@@ -2,7 +2,8 @@
 //! loopback ports with fresh data directories ([`process`]), talks to both through a Rust gRPC
 //! client that records every answer as normalized JSON ([`client`], [`json`]) and through
 //! `etcdctl` ([`etcdctl`]), opens Watch streams ([`watch`]), and compares the two transcripts
-//! ([`transcript`], [`runner`]). [`pki`] makes the CAs, certificates and CRLs of the TLS tests.
+//! ([`transcript`], [`runner`]). [`pki`] makes the CAs, certificates and CRLs of the TLS tests;
+//! [`tls`] lets all of it talk mutual TLS to a server started with `tls` in its options.
 //!
 //! The tests live in `tests/`: `side_by_side.rs` (every KV option, error string and etcdctl
 //! command on both servers), `auth.rs` (etcdctl's auth flows against a recording of etcd's
@@ -21,6 +22,7 @@ pub mod json;
 pub mod pki;
 pub mod process;
 pub mod runner;
+pub mod tls;
 pub mod transcript;
 pub mod watch;
 
@@ -103,6 +105,12 @@ pub enum HarnessError {
         /// The endpoint.
         endpoint: String,
         /// What happened.
+        message: String,
+    },
+    /// A TLS client could not be set up from the PEM files.
+    #[error("TLS client: {message}")]
+    Tls {
+        /// What failed.
         message: String,
     },
     /// A gRPC connection could not be made.

@@ -137,3 +137,61 @@ impl Ca {
         params.signed_by(&self.cert, &self.key)?.pem()
     }
 }
+
+/// The files of a mutual-TLS setup: one CA, a server certificate for `localhost` and
+/// `127.0.0.1`, and a client certificate (Common Name `coffer-test-client`) from the same CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutualTls {
+    /// The CA certificate: the servers' `--trusted-ca-file`, the clients' trust root.
+    pub ca_file: PathBuf,
+    /// The server certificate (`--cert-file`).
+    pub server_cert: PathBuf,
+    /// The server key (`--key-file`).
+    pub server_key: PathBuf,
+    /// The client certificate.
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+}
+
+impl MutualTls {
+    /// Makes a fresh CA and both certificates in `dir` (which must exist).
+    pub fn generate(dir: &Path) -> PkiResult<MutualTls> {
+        let ca = Ca::new(dir, "mtls")?;
+        let server = ca.server(dir, "mtls-server", "coffer-test-server", 1)?;
+        let client = ca.client(dir, "mtls-client", "coffer-test-client", 2, false)?;
+        Ok(MutualTls {
+            ca_file: ca.cert_file,
+            server_cert: server.cert_file,
+            server_key: server.key_file,
+            client_cert: client.cert_file,
+            client_key: client.key_file,
+        })
+    }
+
+    /// etcd's server flags, the same for etcd and Coffer: certificate, key, CA, and client
+    /// certificates required.
+    pub fn server_args(&self) -> Vec<String> {
+        vec![
+            "--cert-file".into(),
+            self.server_cert.display().to_string(),
+            "--key-file".into(),
+            self.server_key.display().to_string(),
+            "--trusted-ca-file".into(),
+            self.ca_file.display().to_string(),
+            "--client-cert-auth".into(),
+        ]
+    }
+
+    /// etcdctl's flags for this client certificate.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            self.ca_file.display().to_string(),
+            "--cert".into(),
+            self.client_cert.display().to_string(),
+            "--key".into(),
+            self.client_key.display().to_string(),
+        ]
+    }
+}

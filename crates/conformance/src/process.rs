@@ -24,6 +24,10 @@
 //! package's binary for a test, so run `cargo build -p coffer` first; a missing binary is an
 //! error that says so.
 //!
+//! TLS: with `tls` in the options the server listens on `https://` with etcd's certificate
+//! flags and requires client certificates; the harness's clients then connect with the client
+//! certificate (see [`crate::tls`]).
+//!
 //! Port allocation: a port is taken by binding `127.0.0.1:0` and releasing it, so another
 //! process can grab it before the server binds. When a start fails with "address already in
 //! use" it is retried on new ports (on `restart` the same ports are kept, since clients hold the
@@ -38,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::pki::MutualTls;
 use crate::HarnessError;
 
 /// How long a server gets to answer its first gRPC request.
@@ -59,6 +64,9 @@ pub struct CofferOptions {
     pub env: Vec<(String, String)>,
     /// The binary; none → [`coffer_binary`].
     pub binary: Option<PathBuf>,
+    /// Serve `https://` with mutual TLS: these certificates and etcd's flags
+    /// ([`MutualTls::server_args`]); the endpoint is registered with [`crate::tls::register`].
+    pub tls: Option<MutualTls>,
 }
 
 /// Options for [`EtcdProcess::start_with`].
@@ -66,6 +74,8 @@ pub struct CofferOptions {
 pub struct EtcdOptions {
     /// Extra command-line arguments appended after the standard ones.
     pub extra_args: Vec<String>,
+    /// Serve `https://` with mutual TLS, as [`CofferOptions::tls`].
+    pub tls: Option<MutualTls>,
 }
 
 /// Which server a process is, for messages and for tests that branch on it.
@@ -94,6 +104,7 @@ struct Server {
     /// Arguments that do not depend on ports (ports are added by `command`).
     base_args: Vec<String>,
     env: Vec<(String, String)>,
+    tls: Option<MutualTls>,
     root: TempDir,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -108,6 +119,7 @@ impl Server {
         program: PathBuf,
         base_args: Vec<String>,
         env: Vec<(String, String)>,
+        tls: Option<MutualTls>,
         root: TempDir,
     ) -> Self {
         let data_dir = root.path().join("data");
@@ -117,6 +129,7 @@ impl Server {
             program,
             base_args,
             env,
+            tls,
             root,
             data_dir,
             log_path,
@@ -127,7 +140,8 @@ impl Server {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn command(&self) -> Command {
@@ -147,6 +161,9 @@ impl Server {
             cmd.arg("--initial-cluster")
                 .arg(format!("conformance={peer}"));
         }
+        if let Some(tls) = &self.tls {
+            cmd.args(tls.server_args());
+        }
         cmd.args(&self.base_args);
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -160,6 +177,9 @@ impl Server {
         for _ in 0..PORT_RETRIES {
             self.client_port = free_port()?;
             self.peer_port = free_port()?;
+            if let Some(tls) = &self.tls {
+                crate::tls::register(&self.endpoint(), tls)?;
+            }
             match self.spawn_and_wait() {
                 Ok(()) => return Ok(()),
                 Err(HarnessError::PortTaken { .. }) => {
@@ -404,6 +424,7 @@ impl EtcdProcess {
             etcd_binary(),
             opts.extra_args,
             Vec::new(),
+            opts.tls,
             root,
         );
         server.start_fresh_ports()?;
@@ -425,7 +446,7 @@ impl EtcdProcess {
         self.server.terminate(timeout)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
         self.server.endpoint()
     }
@@ -493,7 +514,7 @@ impl CofferProcess {
             args.push(cfg.display().to_string());
         }
         args.extend(opts.extra_args);
-        let mut server = Server::new(ServerKind::Coffer, program, args, opts.env, root);
+        let mut server = Server::new(ServerKind::Coffer, program, args, opts.env, opts.tls, root);
         server.start_fresh_ports()?;
         Ok(CofferProcess { server, key_file })
     }
@@ -521,7 +542,7 @@ impl CofferProcess {
         self.server.terminate(timeout)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
         self.server.endpoint()
     }
@@ -589,18 +610,28 @@ impl AnyServer {
 
     /// Starts a fresh server of the given kind with `extra_args` appended to its command line.
     pub fn start_with(kind: ServerKind, extra_args: Vec<String>) -> Result<Self, HarnessError> {
+        Self::start_with_tls(kind, extra_args, None)
+    }
+
+    /// Like [`AnyServer::start_with`], serving mutual TLS with `tls` when given.
+    pub fn start_with_tls(
+        kind: ServerKind,
+        extra_args: Vec<String>,
+        tls: Option<MutualTls>,
+    ) -> Result<Self, HarnessError> {
         Ok(match kind {
             ServerKind::Etcd => {
-                AnyServer::Etcd(EtcdProcess::start_with(EtcdOptions { extra_args })?)
+                AnyServer::Etcd(EtcdProcess::start_with(EtcdOptions { extra_args, tls })?)
             }
             ServerKind::Coffer => AnyServer::Coffer(CofferProcess::start(CofferOptions {
                 extra_args,
+                tls,
                 ..Default::default()
             })?),
         })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
         match self {
             AnyServer::Etcd(p) => p.endpoint(),

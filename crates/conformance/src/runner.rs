@@ -8,6 +8,7 @@
 use std::future::Future;
 
 use crate::client::Session;
+use crate::pki::MutualTls;
 use crate::process::{AnyServer, ServerKind};
 use crate::transcript::{apply_expected, compare, ExpectedDifference, Transcript};
 
@@ -27,11 +28,22 @@ pub fn start_pair() -> Result<(AnyServer, AnyServer), String> {
 /// Like [`start_pair`], with `extra_args` appended to both servers' command lines (flags both
 /// accept, e.g. `--experimental-watch-progress-notify-interval=500ms`).
 pub fn start_pair_with(extra_args: &[&str]) -> Result<(AnyServer, AnyServer), String> {
+    start_pair_tls(extra_args, None)
+}
+
+/// Like [`start_pair_with`], both servers serving mutual TLS with `tls` when given.
+pub fn start_pair_tls(
+    extra_args: &[&str],
+    tls: Option<&MutualTls>,
+) -> Result<(AnyServer, AnyServer), String> {
     let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
     let other_kind = server_under_test();
     let other_args = args.clone();
-    let other = std::thread::spawn(move || AnyServer::start_with(other_kind, other_args));
-    let etcd = AnyServer::start_with(ServerKind::Etcd, args).map_err(|e| e.to_string());
+    let other_tls = tls.cloned();
+    let other =
+        std::thread::spawn(move || AnyServer::start_with_tls(other_kind, other_args, other_tls));
+    let etcd =
+        AnyServer::start_with_tls(ServerKind::Etcd, args, tls.cloned()).map_err(|e| e.to_string());
     let other = other
         .join()
         .map_err(|_| "starting the server under test panicked".to_string())?
@@ -76,7 +88,49 @@ where
     F: Fn(Session) -> Fut,
     Fut: Future<Output = Session>,
 {
-    let (etcd, other) = start_pair_with(extra_args)?;
+    compare_pair(name, expected, start_pair_with(extra_args)?, scenario).await
+}
+
+/// Like [`side_by_side_with`], both servers serving mutual TLS (a fresh CA, server and client
+/// certificates, client certificates required) and every client connecting with the client
+/// certificate.
+pub async fn side_by_side_tls<F, Fut>(
+    name: &str,
+    expected: &[ExpectedDifference],
+    extra_args: &[&str],
+    scenario: F,
+) -> Result<(), String>
+where
+    F: Fn(Session) -> Fut,
+    Fut: Future<Output = Session>,
+{
+    let dir = tempfile::Builder::new()
+        .prefix("coffer-conformance-mtls-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a directory for the certificates: {e}"))?;
+    let tls = MutualTls::generate(dir.path()).map_err(|e| format!("certificates: {e}"))?;
+    let pair = start_pair_tls(extra_args, Some(&tls))?;
+    for server in [&pair.0, &pair.1] {
+        // The replay must not pass over plaintext: the port answers only TLS.
+        let endpoint = server.endpoint();
+        let plain = endpoint.replacen("https://", "http://", 1);
+        if !endpoint.starts_with("https://") || crate::client::probe(&plain) {
+            return Err(format!("{} at {endpoint} answers plaintext", server.kind()));
+        }
+    }
+    compare_pair(name, expected, pair, scenario).await
+}
+
+async fn compare_pair<F, Fut>(
+    name: &str,
+    expected: &[ExpectedDifference],
+    (etcd, other): (AnyServer, AnyServer),
+    scenario: F,
+) -> Result<(), String>
+where
+    F: Fn(Session) -> Fut,
+    Fut: Future<Output = Session>,
+{
     let etcd_t = run_on(&etcd, &scenario).await?;
     let other_t = run_on(&other, &scenario).await?;
     let etcd_t = apply_expected(name, &etcd_t, expected)?;

@@ -752,6 +752,7 @@ fn jwt_tokens_cross_check_with_etcd() {
     );
     let etcd = EtcdProcess::start_with(coffer_conformance::EtcdOptions {
         extra_args: vec!["--auth-token".into(), spec],
+        ..Default::default()
     })
     .expect("start etcd with JWT tokens");
     let endpoint = etcd.endpoint();

@@ -13,6 +13,8 @@
 //! the transcripts; every one is checked instead (after a notification at revision R, no event
 //! at or below R may arrive for that watcher) and the violations, if any, are a transcript step.
 //!
+//! `replay_over_mutual_tls` runs part of it with both servers on mutual TLS.
+//!
 //! Run: `cargo build -p coffer && cargo test -p coffer-conformance --test kube_replay`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,7 +25,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coffer_conformance::client::Session;
-use coffer_conformance::runner::{side_by_side, side_by_side_with};
+use coffer_conformance::runner::{side_by_side, side_by_side_tls, side_by_side_with};
 use coffer_conformance::transcript::ExpectedDifference;
 use coffer_conformance::watch::{is_progress_notification, WatchStream};
 use coffer_proto::watch_request::RequestUnion;
@@ -220,6 +222,39 @@ macro_rules! replay_tests_with_bookmarks {
 }
 
 replay_tests_with_bookmarks!(watch_cache, event_lease_expiry, compaction_with_watch_cache);
+
+/// A representative part of the replay over mutual TLS (both servers with `--cert-file`,
+/// `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, every client and watch stream
+/// presenting a client certificate): kube's object lifecycle (optimistic create,
+/// GuaranteedUpdate, guarded delete), paginated lists, and the watch cache's shared stream
+/// through a compaction. The whole replay over plaintext is the tests above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_over_mutual_tls() {
+    let mut failures = Vec::new();
+    let runs = [
+        side_by_side_tls(
+            "objects_lifecycle",
+            EXPECTED,
+            &[],
+            scenarios::objects_lifecycle,
+        )
+        .await,
+        side_by_side_tls("paginated_lists", EXPECTED, &[], scenarios::paginated_lists).await,
+        side_by_side_tls(
+            "compaction_with_watch_cache",
+            EXPECTED,
+            &[BOOKMARK_INTERVAL_FLAG],
+            scenarios::compaction_with_watch_cache,
+        )
+        .await,
+    ];
+    for r in runs {
+        if let Err(report) = r {
+            failures.push(report);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
 
 /// One Watch stream as kube's watch cache uses it. Responses are sorted into created/canceled
 /// (`control`), event responses per watch id, and answers to RequestProgress (`watch_id = -1`);

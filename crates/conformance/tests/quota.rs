@@ -292,6 +292,7 @@ async fn nospace_alarm_refuses_writes_survives_restart_and_disarms_like_etcd() {
     let mut etcd = Server::Etcd(
         EtcdProcess::start_with(EtcdOptions {
             extra_args: quota.clone(),
+            ..Default::default()
         })
         .unwrap(),
     );

@@ -1598,7 +1598,11 @@ fn soak_every_watcher_sees_every_event_once_in_order() {
     .unwrap();
     let coffer_report = runtime().block_on(soak(&coffer.endpoint(), &COFFER_SIZE, "coffer"));
     drop(coffer);
-    let etcd = EtcdProcess::start_with(EtcdOptions { extra_args: flags }).unwrap();
+    let etcd = EtcdProcess::start_with(EtcdOptions {
+        extra_args: flags,
+        ..Default::default()
+    })
+    .unwrap();
     let etcd_report = runtime().block_on(soak(&etcd.endpoint(), &ETCD_SIZE, "etcd 3.4.23"));
     drop(etcd);
     for f in coffer_report.figures.iter().chain(&etcd_report.figures) {

@@ -468,6 +468,7 @@ fn watch_large_and_slow_side_by_side() {
     let args = vec!["--max-request-bytes".to_string(), "100000".to_string()];
     let etcd = EtcdProcess::start_with(EtcdOptions {
         extra_args: args.clone(),
+        ..Default::default()
     })
     .unwrap();
     let coffer = CofferProcess::start(CofferOptions {

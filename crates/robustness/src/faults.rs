@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use coffer_conformance::pki::MutualTls;
 use coffer_conformance::{CofferOptions, CofferProcess, EtcdOptions, EtcdProcess, ServerKind};
 use coffer_proto::alarm_request::AlarmAction;
 use coffer_proto::maintenance_client::MaintenanceClient;
@@ -113,6 +114,9 @@ pub struct ServerOptions {
     pub power: bool,
     /// Run Coffer with an EncryptionConfiguration of two aesgcm keys (the `unopenable` fault).
     pub sealing: bool,
+    /// Serve `https://` with mutual TLS (these certificates, client certificates required),
+    /// across every restart; the harness's clients connect with the client certificate.
+    pub tls: Option<MutualTls>,
 }
 
 enum Proc {
@@ -168,14 +172,16 @@ impl Server {
             _ => None,
         };
         let proc = match kind {
-            ServerKind::Etcd => {
-                Proc::Etcd(EtcdProcess::start_with(EtcdOptions { extra_args: extra })?)
-            }
+            ServerKind::Etcd => Proc::Etcd(EtcdProcess::start_with(EtcdOptions {
+                extra_args: extra,
+                tls: opts.tls.clone(),
+            })?),
             ServerKind::Coffer => Proc::Coffer(CofferProcess::start(CofferOptions {
                 extra_args: extra,
                 binary: opts.coffer_binary.clone(),
                 default_key_file: power.as_ref().map(power::PowerDisk::key_file),
                 encryption_provider_config: sealing.as_ref().map(|s| s.both.clone()),
+                tls: opts.tls.clone(),
                 ..Default::default()
             })?),
         };
@@ -419,7 +425,9 @@ async fn blocking<T: Send + 'static>(
 /// Restarts the server with the clients held back meanwhile.
 async fn restart(server: &ServerHandle, shared: &Shared) -> Result<(), Error> {
     shared.set_up(false);
+    let started = std::time::Instant::now();
     let r = blocking(server, |s| s.restart()).await?;
+    tracing::info!(took = ?started.elapsed(), ok = r.is_ok(), "server restarted");
     shared.set_up(true);
     r
 }

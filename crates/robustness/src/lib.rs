@@ -66,6 +66,9 @@ pub enum Error {
     /// The server never answered the final read of the run.
     #[error("the server did not answer the final read after the run: {0}")]
     FinalRead(String),
+    /// The certificates for a `--tls` run could not be made.
+    #[error("mutual TLS: {0}")]
+    Tls(String),
     /// A task of the run panicked or was cancelled.
     #[error("a task of the run failed: {0}")]
     Task(String),

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! coffer-robustness run --target coffer --seed 7 --duration 30s --faults kill,pause
+//! coffer-robustness run --target etcd --tls     # mutual TLS, certificates in the run dir
 //! coffer-robustness --duration 30m          # `run` is the default subcommand
 //! coffer-robustness check robustness-runs/coffer-seed7-.../history.json
 //! ```
@@ -104,6 +105,11 @@ struct RunArgs {
     /// The coffer binary (default: $COFFER_BIN, else `coffer` next to this executable).
     #[arg(long)]
     coffer_bin: Option<PathBuf>,
+    /// Mutual TLS: the server on `https://` with a CA, server and client certificates
+    /// generated in the run directory and `--client-cert-auth`; every client, watcher and probe
+    /// presents the client certificate.
+    #[arg(long)]
+    tls: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -220,6 +226,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             cfg.run_dir = a.run_dir;
             cfg.always_save = a.save;
             cfg.coffer_binary = a.coffer_bin;
+            cfg.tls = a.tls;
             let report = rt.block_on(run::run(cfg))?;
             print(&report, a.output)?;
             Ok(if report.passed {

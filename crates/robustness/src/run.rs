@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use coffer_conformance::pki::MutualTls;
 use coffer_conformance::ServerKind;
 use serde::Serialize;
 
@@ -61,6 +62,10 @@ pub struct RunConfig {
     pub always_save: bool,
     /// The coffer binary (none: `$COFFER_BIN` or next to the running executable).
     pub coffer_binary: Option<PathBuf>,
+    /// Mutual TLS: a CA, server and client certificates generated in the run directory, the
+    /// server started with etcd's TLS flags and `--client-cert-auth`, every client and watcher
+    /// presenting the client certificate.
+    pub tls: bool,
 }
 
 impl RunConfig {
@@ -81,6 +86,7 @@ impl RunConfig {
             run_dir: PathBuf::from("robustness-runs"),
             always_save: false,
             coffer_binary: None,
+            tls: false,
         }
     }
 
@@ -110,6 +116,9 @@ impl RunConfig {
         );
         if !faults.is_empty() {
             let _ = write!(cmd, " --faults {}", faults.join(","));
+        }
+        if self.tls {
+            cmd.push_str(" --tls");
         }
         cmd
     }
@@ -144,6 +153,8 @@ pub struct RunReport {
     pub seed: u64,
     /// Faults injected.
     pub faults: Vec<FaultKind>,
+    /// Whether the server and its clients spoke mutual TLS.
+    pub tls: bool,
     /// Seconds of traffic.
     pub duration_secs: f64,
     /// Operations in the history (the final read included).
@@ -187,10 +198,11 @@ impl RunReport {
         } else {
             let _ = writeln!(
                 s,
-                "target {} seed {} faults [{}], {:.1} s of traffic",
+                "target {} seed {} faults [{}]{}, {:.1} s of traffic",
                 self.target,
                 self.seed,
                 faults.join(","),
+                if self.tls { " over mutual TLS" } else { "" },
                 self.duration_secs
             );
         }
@@ -286,6 +298,12 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
         traffic_cfg.value_bytes = QUOTA_VALUE_BYTES;
         traffic_cfg.compactions = false;
     }
+    // Kept until the run ends: the server is restarted with these files.
+    let tls = if cfg.tls {
+        Some(generate_pki(&cfg.run_dir)?)
+    } else {
+        None
+    };
     let opts = ServerOptions {
         quota_backend_bytes: if cfg.faults.contains(&FaultKind::Quota) {
             Some(
@@ -306,12 +324,14 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
         coffer_binary: cfg.coffer_binary.clone(),
         power: cfg.faults.contains(&FaultKind::Power),
         sealing: cfg.faults.contains(&FaultKind::Unopenable),
+        tls: tls.as_ref().map(|(_, files)| files.clone()),
     };
     let target = cfg.target;
     let server = tokio::task::spawn_blocking(move || Server::start(target, &opts))
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
     let endpoint = server.endpoint();
+    let server_tls = endpoint.starts_with("https://");
     tracing::info!(%endpoint, target = %cfg.target, seed = cfg.seed, "server started");
     let server = Arc::new(Mutex::new(server));
     let chan =
@@ -404,6 +424,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
     let mut report = check_history(&history, cfg.target, cfg.check_budget).await?;
     report.seed = cfg.seed;
     report.faults = cfg.faults.clone();
+    report.tls = server_tls;
     report.duration_secs = traffic_secs;
     report.replay = cfg.replay_command();
     for v in &injector.stats.violations {
@@ -451,6 +472,27 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
         report.history_file = Some(file);
     }
     Ok(report)
+}
+
+/// A fresh CA, server and client certificates in a new directory under `run_dir` (removed
+/// when the returned guard is dropped).
+fn generate_pki(run_dir: &Path) -> Result<(tempfile::TempDir, MutualTls), Error> {
+    std::fs::create_dir_all(run_dir).map_err(|source| Error::Io {
+        what: "create the run directory",
+        path: run_dir.to_path_buf(),
+        source,
+    })?;
+    let dir = tempfile::Builder::new()
+        .prefix("tls-")
+        .tempdir_in(run_dir)
+        .map_err(|source| Error::Io {
+            what: "create a directory for certificates in",
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
+    let files = MutualTls::generate(dir.path())
+        .map_err(|e| Error::Tls(format!("cannot generate the certificates: {e}")))?;
+    Ok((dir, files))
 }
 
 /// Checks a history (from a run or a saved file) and reports what was found. `target` decides
@@ -506,6 +548,7 @@ pub async fn check_history(
         target: target.to_string(),
         seed: 0,
         faults: Vec::new(),
+        tls: false,
         duration_secs: 0.0,
         operations: history.operations.len(),
         ok: count(|o| matches!(o, Outcome::Ok(_))),

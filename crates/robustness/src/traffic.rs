@@ -273,12 +273,14 @@ impl Shared {
     }
 }
 
-/// A channel to `endpoint` that connects on first use and reconnects after a restart.
+/// A channel to `endpoint` that connects on first use and reconnects after a restart; over
+/// mutual TLS when the endpoint is an `https://` one the harness registered
+/// (`coffer_conformance::tls`).
 pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(endpoint.to_string())?
+    let ep = Endpoint::from_shared(endpoint.to_string())?
         .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(coffer_conformance::tls::connect_lazy(endpoint, ep))
 }
 
 /// One KV client: sends requests until told to stop.

@@ -1,5 +1,5 @@
 //! The bounded robustness suite for CI: a few short runs against Coffer with fixed seeds
-//! (crashes and pauses, the quota alarm, a full disk, power cuts, flipped bytes, a missing
+//! (crashes and pauses, one of them over mutual TLS, the quota alarm, a full disk, power cuts, flipped bytes, a missing
 //! sealing key), one run with a random seed (printed;
 //! set `ROBUSTNESS_SEED` to replay it), and one run against Debian's etcd 3.4.23, which must
 //! pass apart from its known bugs (`coffer_robustness::expected`).
@@ -25,11 +25,17 @@ fn run_dir() -> std::path::PathBuf {
 }
 
 fn check(target: ServerKind, seed: u64, secs: u64, faults: &[FaultKind]) {
+    check_with(target, seed, secs, faults, false);
+}
+
+/// Like [`check`]; `tls`: the server and every client on mutual TLS.
+fn check_with(target: ServerKind, seed: u64, secs: u64, faults: &[FaultKind], tls: bool) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = RunConfig::new(target, seed)
         .with_faults(faults)
         .with_duration(Duration::from_secs(secs));
     cfg.run_dir = run_dir();
+    cfg.tls = tls;
     cfg.check_budget = Duration::from_secs(60);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -44,6 +50,10 @@ fn check(target: ServerKind, seed: u64, secs: u64, faults: &[FaultKind]) {
         ),
     };
     eprintln!("{}", report.summary());
+    assert_eq!(
+        report.tls, tls,
+        "the server's endpoint is not what --tls asked for"
+    );
     assert!(
         report.operations > 500,
         "too little traffic to mean anything: {} operations",
@@ -84,13 +94,16 @@ fn coffer_kill_pause_seed_1101() {
     );
 }
 
+/// Over mutual TLS (`--tls`): the server requires client certificates; every client,
+/// watcher, probe and restart goes through the TLS handshake.
 #[test]
-fn coffer_kill_pause_seed_2202() {
-    check(
+fn coffer_kill_pause_mtls_seed_2202() {
+    check_with(
         ServerKind::Coffer,
         2202,
         25,
         &[FaultKind::Kill, FaultKind::Pause],
+        true,
     );
 }
 
