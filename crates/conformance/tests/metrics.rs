@@ -281,6 +281,7 @@ async fn metrics_and_health_side_by_side() {
             "--listen-metrics-urls".into(),
             format!("http://{etcd_metrics}"),
         ],
+        ..Default::default()
     })
     .unwrap();
     let coffer_port = free_port().unwrap();
