@@ -323,6 +323,14 @@ fn auth_flow(endpoint: &str, ca: &Ca, c: &Clients) -> Transcript {
     f.run("cn alice user list denied", alice, &["user", "list"]);
     f.run("cn alice auth disable denied", alice, &["auth", "disable"]);
 
+    f.run("cn alice user get alice", alice, &["user", "get", "alice"]);
+    f.run("cn alice role get rw", alice, &["role", "get", "rw"]);
+    f.run(
+        "cn alice endpoint hashkv",
+        alice,
+        &["endpoint", "hashkv", "-w", "json"],
+    );
+
     // A certificate whose Common Name is no user.
     f.run("cn stranger get /a/2 denied", stranger, &["get", "/a/2"]);
     f.run(
@@ -331,6 +339,11 @@ fn auth_flow(endpoint: &str, ca: &Ca, c: &Clients) -> Transcript {
         &["put", "/a/3", "x"],
     );
     f.run("cn stranger get /b denied", stranger, &["get", "/b"]);
+    f.run(
+        "cn stranger user get alice",
+        stranger,
+        &["user", "get", "alice"],
+    );
 
     // HTTP/1.1 on the TLS client port with auth on: a certificate, no token.
     f.record(
