@@ -56,11 +56,15 @@ fn ctl(endpoint: &str, tls: &[&str], args: &[&str]) -> etcdctl::Output {
     etcdctl::run(endpoint, &all, None).unwrap()
 }
 
-fn wait_ready(endpoint: &str, tls: &[&str], log: &Path) {
+/// Waits until `endpoint` answers `endpoint health`; false if the process exited first.
+fn wait_ready(endpoint: &str, tls: &[&str], proc: &mut Proc, log: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if ctl(endpoint, tls, &["endpoint", "health"]).code == 0 {
-            return;
+            return true;
+        }
+        if let Ok(Some(_)) = proc.0.try_wait() {
+            return false;
         }
         assert!(
             Instant::now() < deadline,
@@ -69,6 +73,30 @@ fn wait_ready(endpoint: &str, tls: &[&str], log: &Path) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Starts the server `command(dir, url)` makes on a fresh https port and data directory,
+/// again on new ones when a port was taken meanwhile (ports come from [`free_port`]).
+fn start_server(
+    d: &Path,
+    name: &str,
+    tls: &[&str],
+    command: impl Fn(&Path, &str) -> Command,
+) -> (Proc, String) {
+    for attempt in 0..5 {
+        let url = format!("https://127.0.0.1:{}", free_port().unwrap());
+        let log = d.join(format!("{name}-{attempt}.log"));
+        let mut proc = spawn(command(&d.join(format!("{name}-{attempt}")), &url), &log);
+        if wait_ready(&url, tls, &mut proc, &log) {
+            return (proc, url);
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.contains("address already in use"),
+            "{name} exited:\n{text}"
+        );
+    }
+    panic!("{name}: every port tried was taken");
 }
 
 /// etcdctl's TLS flags for a client presenting `cert`.
@@ -103,34 +131,30 @@ fn start_pair(d: &Path, ca: &Ca, ready_cert: &Issued) -> Pair {
         "--client-cert-auth",
     ];
 
-    let etcd_url = format!("https://127.0.0.1:{}", free_port().unwrap());
-    let peer = format!("http://127.0.0.1:{}", free_port().unwrap());
-    let mut cmd = Command::new(etcd_binary());
-    cmd.args(["--name", "tls", "--data-dir"])
-        .arg(d.join("etcd-data"))
-        .args(["--listen-client-urls", &etcd_url])
-        .args(["--advertise-client-urls", &etcd_url])
-        .args(["--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("tls={peer}")])
-        .args(tls_server);
-    let etcd_log = d.join("etcd.log");
-    let etcd = spawn(cmd, &etcd_log);
-
-    let coffer_url = format!("https://127.0.0.1:{}", free_port().unwrap());
-    let mut cmd = Command::new(coffer_binary().unwrap());
-    cmd.args(["serve", "--name", "tls", "--data-dir"])
-        .arg(d.join("coffer-data"))
-        .arg("--default-key-file")
-        .arg(d.join("coffer.key"))
-        .args(["--listen-client-urls", &coffer_url])
-        .args(tls_server);
-    let coffer_log = d.join("coffer.log");
-    let coffer = spawn(cmd, &coffer_log);
-
-    let full = client_flags(ca, ready_cert);
-    wait_ready(&etcd_url, &full, &etcd_log);
-    wait_ready(&coffer_url, &full, &coffer_log);
+    let ready = client_flags(ca, ready_cert);
+    let (etcd, etcd_url) = start_server(d, "etcd", &ready, |data, url| {
+        let peer = format!("http://127.0.0.1:{}", free_port().unwrap());
+        let mut cmd = Command::new(etcd_binary());
+        cmd.args(["--name", "tls", "--data-dir"])
+            .arg(data)
+            .args(["--listen-client-urls", url])
+            .args(["--advertise-client-urls", url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("tls={peer}")])
+            .args(tls_server);
+        cmd
+    });
+    let (coffer, coffer_url) = start_server(d, "coffer", &ready, |data, url| {
+        let mut cmd = Command::new(coffer_binary().unwrap());
+        cmd.args(["serve", "--name", "tls", "--data-dir"])
+            .arg(data)
+            .arg("--default-key-file")
+            .arg(d.join("coffer.key"))
+            .args(["--listen-client-urls", url])
+            .args(tls_server);
+        cmd
+    });
     Pair {
         etcd_url,
         coffer_url,
