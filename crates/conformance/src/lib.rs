@@ -7,7 +7,7 @@
 //!
 //! The tests live in `tests/`: `side_by_side.rs` (every KV option, error string and etcdctl
 //! command on both servers), `auth.rs` (etcdctl's auth flows against a recording of etcd's
-//! answers, bcrypt and JWT compatibility with etcd), `kube_replay.rs` (what kube-apiserver sends, its watch cache
+//! answers, bcrypt and JWT compatibility with etcd), `tls.rs` (mutual TLS, with auth on too), `kube_replay.rs` (what kube-apiserver sends, its watch cache
 //! included), `watch.rs` and `lease.rs`, `request_size.rs` (`--max-request-bytes` at its exact
 //! boundaries), `soak.rs` (many writers and watchers, every event
 //! checked), and the crash and on-disk marker tests. They need `etcd` and `etcdctl` (Debian's 3.4.23) on `$PATH` and a built

@@ -1,14 +1,19 @@
 //! Certificates for the TLS tests, made with `rcgen`: a CA, server certificates for
 //! `localhost` and `127.0.0.1`, client certificates (one expired), a second unrelated CA, and
-//! CRLs. Everything is written as PEM files into a directory the caller owns.
+//! CRLs. Everything is written as PEM files into a directory the caller owns. [`Ca::client_config`]
+//! makes a rustls client that trusts the CA.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     date_time_ymd, BasicConstraints, Certificate, CertificateParams,
     CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
     KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
 
 /// A certificate authority that can sign certificates and CRLs.
 pub struct Ca {
@@ -114,6 +119,39 @@ impl Ca {
             der: cert.der().to_vec(),
             serial,
         })
+    }
+
+    /// The CA as the only trust anchor.
+    pub fn roots(&self) -> Result<RootCertStore, rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone())?;
+        Ok(roots)
+    }
+
+    /// A rustls client (ring, TLS 1.2 and 1.3) trusting this CA, presenting `cert` if given,
+    /// offering `alpn`.
+    pub fn client_config(
+        &self,
+        cert: Option<&Issued>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+        // ring, as the server: its deprecation only notes the missing post-quantum group.
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let builder = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?);
+        let mut config = match cert {
+            Some(c) => {
+                let key = PrivateKeyDer::from_pem_file(&c.key_file).map_err(|e| {
+                    rustls::Error::General(format!("{}: {e}", c.key_file.display()))
+                })?;
+                builder.with_client_auth_cert(vec![CertificateDer::from(c.der.clone())], key)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Ok(Arc::new(config))
     }
 
     /// A CRL revoking `serials`, as PEM text.

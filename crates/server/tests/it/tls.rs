@@ -15,9 +15,8 @@ use coffer_server::{ServerConfig, TlsConfig};
 use coffer_store::EmbeddedStore;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{AlertDescription, ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::{AlertDescription, ClientConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -139,18 +138,7 @@ pub(crate) async fn tls_server_with(configure: impl FnOnce(&mut ServerConfig)) -
 
 /// A client trusting the main CA, presenting `cert` if given, offering `alpn`.
 fn client(p: &Pki, cert: Option<&Issued>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder().with_root_certificates(roots(p));
-    let mut config = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_file(&c.cert_file).unwrap()],
-                PrivateKeyDer::from_pem_file(&c.key_file).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(config)
+    p.ca.client_config(cert, alpn).unwrap()
 }
 
 async fn handshake<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -443,7 +431,7 @@ async fn versions_and_cipher_suites_are_applied() {
     })
     .await;
     let tls12 = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
-        .with_root_certificates(roots(&p))
+        .with_root_certificates(p.ca.roots().unwrap())
         .with_no_client_auth();
     let err = tls_error(connect(s.addr(), Arc::new(tls12)).await.unwrap_err());
     assert_eq!(
@@ -451,13 +439,4 @@ async fn versions_and_cipher_suites_are_applied() {
         rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)
     );
     s.stop().await;
-}
-
-/// The main CA as the only trust anchor.
-fn roots(p: &Pki) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(&p.ca.cert_file).unwrap())
-        .unwrap();
-    roots
 }
