@@ -71,12 +71,16 @@ impl Ca {
     }
 
     /// A server certificate for `localhost` and `127.0.0.1` with Common Name `cn`, written
-    /// to `dir/<file>.pem` and `dir/<file>-key.pem`.
+    /// to `dir/<file>.pem` and `dir/<file>-key.pem`. It may also act as a client, as kubeadm's
+    /// etcd server certificates do: etcd 3.4's own gateway dials its client port with it.
     pub fn server(&self, dir: &Path, file: &str, cn: &str, serial: u64) -> PkiResult<Issued> {
         let mut params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.issue(dir, file, params, serial)
     }
 

@@ -591,9 +591,28 @@ async fn auth_survives_etcd_to_coffer_to_etcd_snapshots() {
 
     // Out of Coffer: the same users, hashes, roles, permissions, switch and revision.
     let from_coffer = tmp.path().join("coffer.db");
-    ctl(
+    // Snapshot is an admin RPC: refused without a user, as etcd refuses it.
+    let refused = etcdctl::run(
         &coffer.endpoint(),
         &["snapshot", "save", from_coffer.to_str().unwrap()],
+        None,
+    )
+    .unwrap();
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("auth: user name is empty"),
+        "{}",
+        refused.stderr
+    );
+    ctl(
+        &coffer.endpoint(),
+        &[
+            "--user",
+            "root:rootpw",
+            "snapshot",
+            "save",
+            from_coffer.to_str().unwrap(),
+        ],
     );
     let coffer_auth = auth_buckets(&read_buckets(&fs::read(&from_coffer).unwrap()));
     assert_eq!(coffer_auth, etcd_auth);
