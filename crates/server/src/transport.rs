@@ -424,7 +424,29 @@ pub(crate) fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
             }
         }
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    // Bound inside a fresh 0700 directory beside `path`, made 0600 there and then renamed into
+    // place, so the socket is never reachable with the umask's mode.
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let private = parent.join(format!(
+        ".coffer-bind-{}-{}",
+        std::process::id(),
+        BIND_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&private)?;
+    let staged = private.join("socket");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
+
+/// Names the private directories [`bind_unix`] binds in.
+static BIND_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
