@@ -25,7 +25,7 @@ const CLIENT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Opens a channel to `endpoint` (`http://127.0.0.1:PORT`, or `https://` for one registered
 /// with [`crate::tls::register`]).
 pub async fn connect(endpoint: &str) -> Result<Channel, HarnessError> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
+    let ep = Endpoint::from_shared(crate::tls::dial_uri(endpoint))
         .map_err(|e| HarnessError::Connect {
             endpoint: endpoint.to_string(),
             message: e.to_string(),

@@ -98,8 +98,18 @@ pub fn connector_for(endpoint: &str) -> Option<TlsConnector> {
     })
 }
 
-/// Connects `ep` (made from `endpoint`): over mutual TLS when `endpoint` is registered, else
-/// plaintext.
+/// The URI to build a tonic `Endpoint` from for `endpoint`: a registered `https://` endpoint
+/// becomes `http://` because TLS happens in [`TlsConnector`] (tonic built with a TLS feature,
+/// as the workspace builds it, refuses an `https://` URI that has no tonic TLS config).
+pub fn dial_uri(endpoint: &str) -> String {
+    match endpoint.strip_prefix("https://") {
+        Some(rest) if table().contains_key(endpoint) => format!("http://{rest}"),
+        _ => endpoint.to_string(),
+    }
+}
+
+/// Connects `ep` (made from [`dial_uri`] of `endpoint`): over mutual TLS when `endpoint` is
+/// registered, else plaintext.
 pub async fn connect(endpoint: &str, ep: Endpoint) -> Result<Channel, tonic::transport::Error> {
     match connector_for(endpoint) {
         Some(c) => ep.connect_with_connector(c).await,

@@ -277,7 +277,7 @@ impl Shared {
 /// mutual TLS when the endpoint is an `https://` one the harness registered
 /// (`coffer_conformance::tls`).
 pub fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
-    let ep = Endpoint::from_shared(endpoint.to_string())?
+    let ep = Endpoint::from_shared(coffer_conformance::tls::dial_uri(endpoint))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true);
     Ok(coffer_conformance::tls::connect_lazy(endpoint, ep))
