@@ -838,6 +838,7 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
 }
 
 mod hpack;
+pub mod unix_socket;
 
 #[cfg(test)]
 mod tests;

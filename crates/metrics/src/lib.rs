@@ -13,6 +13,8 @@
 //! recording rules and etcd's dashboards. `prometheus-client` writes OpenMetrics, whose
 //! counter `# TYPE` lines name the family without `_total`.
 
+pub mod kms;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub watchers: IntGauge,
     /// `coffer_auth_denied_total{rpc}`: requests refused by access control.
     pub auth_denied: IntCounterVec,
+    /// The KMS client's metrics ([`kms::kms`]).
+    pub kms: kms::KmsMetrics,
 }
 
 impl Metrics {
@@ -164,6 +168,7 @@ impl Metrics {
                 "Requests refused by access control, by RPC.",
                 &["rpc"],
             )?,
+            kms: kms::KmsMetrics::new(&registry)?,
             registry,
         };
         m.has_leader.set(1);
@@ -183,6 +188,7 @@ pub fn metrics() -> &'static Metrics {
 
 /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
 pub fn encode() -> String {
+    kms::run_scrape_hooks();
     let families = metrics().registry.gather();
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {

@@ -158,10 +158,12 @@ pub async fn bind(config: &ServerConfig) -> Result<Listeners, ServeError> {
     let mut exposed = Vec::new();
     for (url, parsed, addrs) in resolved {
         if let config::ListenAddr::Unix(path) = &parsed.addr {
-            let listener = transport::bind_unix(path).map_err(|source| ServeError::BindUnix {
-                url: url.clone(),
-                path: path.clone(),
-                source,
+            let listener = coffer_authority::unix_socket::bind_private(path).map_err(|source| {
+                ServeError::BindUnix {
+                    url: url.clone(),
+                    path: path.clone(),
+                    source,
+                }
             })?;
             listeners.push(transport::Listener::Unix {
                 listener,

@@ -1,0 +1,1 @@
+//! The KMS client (to be written).

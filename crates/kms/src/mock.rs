@@ -1,0 +1,1 @@
+//! A mock KMS v2 plugin for tests (to be written).

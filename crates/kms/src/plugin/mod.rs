@@ -1,0 +1,1 @@
+//! `coffer kms-plugin` (to be written).
