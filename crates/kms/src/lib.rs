@@ -10,6 +10,7 @@
 //! - [`mock`]: a plugin that behaves like Kubernetes' own mock (ciphertext = base64 of the
 //!   plaintext, key_id `1`), served over a real unix socket, for tests and for reading the
 //!   upstream vectors; it counts calls and can be made to fail.
+//! - [`poller`]: `coffer serve`'s Status poller (1 min healthy, 10 s after a failure).
 //! - [`endpoint`]: `unix:///path` and `unix:///@abstract` endpoints, dialled and bound.
 //!
 //! Only the plugin's backends touch the key-encryption key; the seeds the client unwraps go
@@ -21,6 +22,7 @@ pub mod client;
 pub mod endpoint;
 pub mod mock;
 pub mod plugin;
+pub mod poller;
 
 /// Code generated from the plugin protos (`proto/`).
 pub mod proto {

@@ -254,6 +254,21 @@ pub struct ServerConfig {
     pub max_concurrent_snapshots: usize,
     /// Authentication settings.
     pub auth: AuthConfig,
+    /// The `kms_providers` readiness check: whether every KMS plugin the keyspace uses is
+    /// healthy (`Err` names the failing ones). `None`: no KMS plugin, the check passes. Only
+    /// `/readyz` runs it, never `/livez` or `/health`: a KMS outage must not make a
+    /// supervisor restart the server and empty its seed cache (kubernetes #93968).
+    pub kms_ready: Option<ReadyCheck>,
+}
+
+/// A readiness check the binary adds (see [`ServerConfig::kms_ready`]).
+#[derive(Clone)]
+pub struct ReadyCheck(pub std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ReadyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyCheck")
+    }
 }
 
 impl ServerConfig {
@@ -278,6 +293,7 @@ impl ServerConfig {
             max_watchers: DEFAULT_MAX_WATCHERS,
             max_concurrent_snapshots: DEFAULT_MAX_CONCURRENT_SNAPSHOTS,
             auth: AuthConfig::default(),
+            kms_ready: None,
         }
     }
 

@@ -103,6 +103,16 @@ pub enum ServerError {
     /// A stored value could not be opened. The key and the reason stay in the server log.
     #[error("coffer: a stored value could not be opened (details in the server log)")]
     Unsealable,
+    /// A write needs a KMS plugin that has not answered a healthy Status within its write
+    /// window. Names the provider (public), never the key or the value.
+    #[error(
+        "coffer: KMS provider {provider:?} is unavailable: writes under it are stopped until \
+         its plugin answers a healthy Status (details in the server log)"
+    )]
+    KmsUnavailable {
+        /// The KMS provider's configured name.
+        provider: String,
+    },
     /// A value could not be sealed. Details stay in the server log.
     #[error("coffer: a value could not be sealed (details in the server log)")]
     Unsealed,
@@ -205,9 +215,10 @@ impl ServerError {
             ServerError::MemberNotLearner
             | ServerError::BadLeaderTransferee
             | ServerError::NoInflightDowngrade => Code::FailedPrecondition,
-            ServerError::Stopped | ServerError::Timeout | ServerError::WritesStopped => {
-                Code::Unavailable
-            }
+            ServerError::Stopped
+            | ServerError::Timeout
+            | ServerError::WritesStopped
+            | ServerError::KmsUnavailable { .. } => Code::Unavailable,
             ServerError::RootUserNotExist
             | ServerError::RootRoleNotExist
             | ServerError::UserAlreadyExist
@@ -258,6 +269,12 @@ impl From<coffer_store::Error> for ServerError {
                 // The store's message names the etcd key and the seal's reason, never a value.
                 tracing::error!(error = %err, "a stored value could not be opened");
                 ServerError::Unsealable
+            }
+            E::KmsUnavailable { ref provider, .. } => {
+                tracing::error!(error = %err, "a write was refused: its KMS plugin is unavailable");
+                ServerError::KmsUnavailable {
+                    provider: provider.clone(),
+                }
             }
             E::Seal { .. } => {
                 tracing::error!(error = %err, "a value could not be sealed");

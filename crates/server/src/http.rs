@@ -6,7 +6,9 @@
 //!   one), the store unable to write (Coffer's own reason: writes stopped after a commit of
 //!   unknown outcome, or a full disk), or a failed read (`RANGE ERROR:...`).
 //! - `/livez`, `/readyz` and one path per check (`/readyz/linearizable_read`): `ok`, `?verbose`
-//!   lists the checks, `?exclude=NAME` skips one; a failure is 503 with the list.
+//!   lists the checks, `?exclude=NAME` skips one; a failure is 503 with the list. With a KMS
+//!   plugin configured `/readyz` adds Coffer's `kms_providers` (every plugin answered a
+//!   healthy Status and its write window is open); `/livez` and `/health` never look at KMS.
 //! - `/version`: etcd's JSON with [`crate::ETCD_VERSION`] (etcd serves it on the client port
 //!   only; Coffer on the metrics port too).
 //! - `/metrics`: [`coffer_metrics::encode`], sizes and watcher count refreshed first.
@@ -34,6 +36,14 @@ const READYZ: &[&str] = &[
     "linearizable_read",
     "non_learner",
 ];
+/// `/readyz` with the `kms_providers` check, when the keyspace uses a KMS plugin.
+const READYZ_KMS: &[&str] = &[
+    "data_corruption",
+    "serializable_read",
+    "linearizable_read",
+    "non_learner",
+    "kms_providers",
+];
 
 /// The path without its query (`/readyz?verbose` → `/readyz`).
 fn path_only(target: &str) -> &str {
@@ -55,7 +65,7 @@ fn check_path(path: &str) -> Option<(&'static [&'static str], &str)> {
     let (root, name) = path.strip_prefix('/')?.split_once('/')?;
     let checks = match root {
         "livez" => LIVEZ,
-        "readyz" => READYZ,
+        "readyz" => READYZ_KMS,
         _ => return None,
     };
     checks.contains(&name).then_some((checks, name))
@@ -129,12 +139,24 @@ pub async fn respond<B: Backend>(
     match p {
         "/health" => health(backend, query).await,
         "/version" => version(shared),
-        "/livez" => checks(backend, LIVEZ, query, true).await,
-        "/readyz" => checks(backend, READYZ, query, true).await,
+        "/livez" => checks(backend, shared, LIVEZ, query, true).await,
+        "/readyz" => checks(backend, shared, readyz(shared), query, true).await,
         _ => match check_path(p) {
-            Some((_, name)) => checks(backend, &[name], query, false).await,
+            Some((_, "kms_providers")) if shared.config.kms_ready.is_none() => {
+                go_error(StatusCode::NOT_FOUND, "404 page not found")
+            }
+            Some((_, name)) => checks(backend, shared, &[name], query, false).await,
             None => go_error(StatusCode::NOT_FOUND, "404 page not found"),
         },
+    }
+}
+
+/// The checks of `/readyz`: etcd's, and `kms_providers` when a KMS plugin is configured.
+fn readyz(shared: &Shared) -> &'static [&'static str] {
+    if shared.config.kms_ready.is_some() {
+        READYZ_KMS
+    } else {
+        READYZ
     }
 }
 
@@ -235,7 +257,7 @@ fn serde_json_string(s: &str) -> String {
     out
 }
 
-async fn run_check<B: Backend>(backend: &B, name: &str) -> Result<(), String> {
+async fn run_check<B: Backend>(backend: &B, shared: &Shared, name: &str) -> Result<(), String> {
     match name {
         "data_corruption" => {
             let corrupt = backend
@@ -250,6 +272,10 @@ async fn run_check<B: Backend>(backend: &B, name: &str) -> Result<(), String> {
         }
         "serializable_read" => read_check(backend, true).await,
         "linearizable_read" => read_check(backend, false).await,
+        "kms_providers" => match &shared.config.kms_ready {
+            Some(check) => (check.0)(),
+            None => Ok(()),
+        },
         // A single member is never a learner.
         _ => Ok(()),
     }
@@ -258,6 +284,7 @@ async fn run_check<B: Backend>(backend: &B, name: &str) -> Result<(), String> {
 /// `/livez`, `/readyz` (`root`: `?exclude=` applies) or one of their checks.
 async fn checks<B: Backend>(
     backend: &B,
+    shared: &Shared,
     names: &[&str],
     query: &str,
     root: bool,
@@ -270,7 +297,7 @@ async fn checks<B: Backend>(
     let mut report = String::new();
     let mut failed = false;
     for name in names.iter().filter(|n| !excluded.contains(n)) {
-        match run_check(backend, name).await {
+        match run_check(backend, shared, name).await {
             Ok(()) => report.push_str(&format!("[+]{name} ok\n")),
             Err(e) => {
                 failed = true;

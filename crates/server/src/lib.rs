@@ -42,7 +42,7 @@ use coffer_store::Backend;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-pub use config::{ConfigError, ServerConfig, TlsConfig, TlsVersion, TransportConfig};
+pub use config::{ConfigError, ReadyCheck, ServerConfig, TlsConfig, TlsVersion, TransportConfig};
 pub use errors::ServerError;
 pub use maintenance::{Defragment, SnapshotSource};
 

@@ -36,6 +36,17 @@ pub enum Error {
         /// What the seal said.
         reason: String,
     },
+    /// A value could not be sealed because the KMS plugin of its provider is unavailable
+    /// (no healthy Status within the write window, or never yet). Nothing was written.
+    #[error("unable to seal the value for key {key:?}: KMS provider {provider:?} is unavailable: {reason}")]
+    KmsUnavailable {
+        /// The etcd key, lossily printed.
+        key: String,
+        /// The KMS provider's configured name.
+        provider: String,
+        /// What the seal said.
+        reason: String,
+    },
     /// A value could not be sealed.
     #[error("unable to seal the value for key {key:?}: {reason}")]
     Seal {

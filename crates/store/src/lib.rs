@@ -53,5 +53,5 @@ pub use embedded::{EmbeddedStore, StoreOptions, DB_FILE, DEFAULT_MAX_LEASES, DEF
 pub use engine::{EngineFaults, EngineOptions};
 pub use error::Error;
 pub use events::{CommitListener, CommittedRevision};
-pub use sealer::Sealer;
+pub use sealer::{SealFailure, Sealer};
 pub use watch::{History, HistoryRead, Notice, WatchHub, WatchSpec, WatchStream};

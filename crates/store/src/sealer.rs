@@ -21,6 +21,23 @@ pub trait Sealer: Send + Sync + 'static {
     fn restore_write_counts(&self, counts: &[(String, u64)]) {
         let _ = counts;
     }
+    /// [`Sealer::seal`], saying when the failure is a KMS plugin that is unavailable (the
+    /// caller may retry later) rather than a fault of the value or the configuration.
+    fn seal_detailed(&self, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealFailure> {
+        self.seal(key, plaintext).map_err(|reason| SealFailure {
+            reason,
+            kms_unavailable: None,
+        })
+    }
+}
+
+/// Why [`Sealer::seal_detailed`] failed.
+#[derive(Debug, Clone)]
+pub struct SealFailure {
+    /// The seal's message (names providers and failures, never values).
+    pub reason: String,
+    /// The KMS provider (its configured name) whose plugin is unavailable, when that is why.
+    pub kms_unavailable: Option<String>,
 }
 
 /// The real sealer: kube-apiserver's formats through `coffer_seal`'s keyspace. Errors carry
@@ -28,6 +45,17 @@ pub trait Sealer: Send + Sync + 'static {
 impl Sealer for coffer_seal::Keyspace {
     fn seal(&self, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, String> {
         coffer_seal::Keyspace::seal(self, key, plaintext).map_err(|e| e.to_string())
+    }
+
+    fn seal_detailed(&self, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealFailure> {
+        use coffer_seal::TransformError as T;
+        coffer_seal::Keyspace::seal(self, key, plaintext).map_err(|e| SealFailure {
+            reason: e.to_string(),
+            kms_unavailable: match &e.cause {
+                T::KmsV2NoWriteState { name, .. } => Some(name.clone()),
+                _ => None,
+            },
+        })
     }
 
     fn open(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, String> {

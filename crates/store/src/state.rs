@@ -148,9 +148,19 @@ impl Shared {
 
     /// Seals `plain` for `key`.
     pub(crate) fn seal(&self, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, Error> {
-        self.sealer.seal(key, plain).map_err(|reason| Error::Seal {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason,
+        self.sealer.seal_detailed(key, plain).map_err(|f| {
+            let key = String::from_utf8_lossy(key).into_owned();
+            match f.kms_unavailable {
+                Some(provider) => Error::KmsUnavailable {
+                    key,
+                    provider,
+                    reason: f.reason,
+                },
+                None => Error::Seal {
+                    key,
+                    reason: f.reason,
+                },
+            }
         })
     }
 }

@@ -123,6 +123,12 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
             Code::DataLoss,
             "coffer: stored data is damaged (details in the server log)",
         ),
+        ServerError::KmsUnavailable { .. } => (
+            VARIANTS - 1,
+            Code::Unavailable,
+            "coffer: KMS provider \"vault\" is unavailable: writes under it are stopped until \
+             its plugin answers a healthy Status (details in the server log)",
+        ),
         ServerError::TooManyLeases => (
             31,
             Code::ResourceExhausted,
@@ -202,7 +208,7 @@ fn expected(err: &ServerError) -> (usize, Code, &'static str) {
         ),
     }
 }
-const VARIANTS: usize = 48;
+const VARIANTS: usize = 49;
 
 fn all() -> Vec<ServerError> {
     vec![
@@ -257,6 +263,9 @@ fn all() -> Vec<ServerError> {
         ServerError::PermissionNotGranted,
         ServerError::InvalidAuthMgmt,
         ServerError::AuthOldRevision,
+        ServerError::KmsUnavailable {
+            provider: "vault".to_owned(),
+        },
     ]
 }
 
@@ -408,6 +417,16 @@ fn every_store_error_maps_to_the_right_etcd_error() {
             },
             Code::Internal,
             "coffer: a value could not be sealed (details in the server log)",
+        ),
+        (
+            E::KmsUnavailable {
+                key: "/registry/secrets/default/s".into(),
+                provider: "vault".into(),
+                reason: format!("no write state near {secret_value}"),
+            },
+            Code::Unavailable,
+            "coffer: KMS provider \"vault\" is unavailable: writes under it are stopped until \
+             its plugin answers a healthy Status (details in the server log)",
         ),
         (
             E::TooManyRequests,

@@ -1,0 +1,94 @@
+//! The Status poller of `coffer serve`: asks every KMS v2 plugin of a keyspace for its Status
+//! as kube-apiserver does (every minute while all are healthy, every 10 s after a failure),
+//! so a key_id change makes a new seed and a healthy answer keeps the write window open.
+//!
+//! The first probe runs inline at start ([`probe`]); a failure there is logged and serving
+//! goes on (plugin and server may start in either order): reads of cached or decryptable
+//! values work, writes under the plugin wait for its first healthy Status.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use coffer_seal::Keyspace;
+use tracing::{info, warn};
+
+/// Poll interval while every plugin answers healthy (kube-apiserver's).
+pub const HEALTHY_INTERVAL: Duration = Duration::from_secs(60);
+/// Poll interval after a failure (kube-apiserver's).
+pub const FAILED_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One round of Status calls. Returns the failures as `provider: reason` lines (empty when
+/// all are healthy) and logs changes against `previous`.
+pub fn probe(keyspace: &Keyspace, previous: &[String]) -> Vec<String> {
+    let failures: Vec<String> = keyspace
+        .refresh_kms()
+        .into_iter()
+        .map(|(provider, e)| format!("{provider}: {e}"))
+        .collect();
+    for f in failures.iter().filter(|f| !previous.contains(f)) {
+        warn!(failure = %f, "KMS plugin unhealthy");
+    }
+    if failures.is_empty() && !previous.is_empty() {
+        info!("every KMS plugin answers a healthy Status again");
+    }
+    failures
+}
+
+/// The background poller; stops when dropped or on [`StatusPoller::stop`].
+#[derive(Debug)]
+pub struct StatusPoller {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl StatusPoller {
+    /// Starts polling `keyspace`'s plugins; `failures` are those of the inline first probe.
+    pub fn spawn(keyspace: Arc<Keyspace>, failures: Vec<String>) -> std::io::Result<Self> {
+        Self::spawn_with(keyspace, failures, HEALTHY_INTERVAL, FAILED_INTERVAL)
+    }
+
+    /// [`StatusPoller::spawn`] with other intervals (tests).
+    pub fn spawn_with(
+        keyspace: Arc<Keyspace>,
+        mut failures: Vec<String>,
+        healthy: Duration,
+        failed: Duration,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kms-status".to_owned())
+            .spawn(move || loop {
+                let wait = if failures.is_empty() { healthy } else { failed };
+                match rx.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => failures = probe(&keyspace, &failures),
+                    _ => return,
+                }
+            })?;
+        Ok(Self {
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops polling and waits for the thread (at most one plugin call's timeout).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StatusPoller {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
