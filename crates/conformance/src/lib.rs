@@ -19,6 +19,7 @@ use std::time::Duration;
 pub mod client;
 pub mod etcdctl;
 pub mod json;
+pub mod marker;
 pub mod pki;
 pub mod process;
 pub mod runner;
