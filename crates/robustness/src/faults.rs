@@ -15,7 +15,8 @@
 //!   succeed again, and crashes the server once more so the checker sees whether anything
 //!   acknowledged was lost.
 //!
-//! - `power`, `corrupt`, `unopenable`: see [`power`], [`corrupt`], [`unopenable`].
+//! - `power`, `corrupt`, `unopenable`, `kms`: see [`power`], [`corrupt`], [`unopenable`],
+//!   [`kms`].
 //!
 //! Scenario checks that are not about the history (writes come back after the alarm is
 //! disarmed, the server does not die silently) are returned as [`ScenarioViolation`]s.
@@ -45,6 +46,7 @@ use crate::traffic::{Shared, FAULT_CLIENT};
 use crate::Error;
 
 pub mod corrupt;
+pub mod kms;
 pub mod power;
 pub mod unopenable;
 
@@ -66,6 +68,8 @@ pub enum FaultKind {
     Corrupt,
     /// Restart without the key that sealed some values, later with it again.
     Unopenable,
+    /// Every key sealed under a KMS plugin; the plugin SIGKILLed and restarted.
+    Kms,
 }
 
 impl FromStr for FaultKind {
@@ -79,9 +83,10 @@ impl FromStr for FaultKind {
             "power" => Ok(FaultKind::Power),
             "corrupt" => Ok(FaultKind::Corrupt),
             "unopenable" => Ok(FaultKind::Unopenable),
+            "kms" => Ok(FaultKind::Kms),
             other => Err(format!(
-                "unknown fault {other:?}: expected kill, pause, quota, disk, power, corrupt or \
-                 unopenable"
+                "unknown fault {other:?}: expected kill, pause, quota, disk, power, corrupt, \
+                 unopenable or kms"
             )),
         }
     }
@@ -97,6 +102,7 @@ impl fmt::Display for FaultKind {
             FaultKind::Power => "power",
             FaultKind::Corrupt => "corrupt",
             FaultKind::Unopenable => "unopenable",
+            FaultKind::Kms => "kms",
         })
     }
 }
@@ -114,6 +120,8 @@ pub struct ServerOptions {
     pub power: bool,
     /// Run Coffer with an EncryptionConfiguration of two aesgcm keys (the `unopenable` fault).
     pub sealing: bool,
+    /// Run Coffer with every key sealed under a `coffer kms-plugin` process (the `kms` fault).
+    pub kms: bool,
     /// Serve `https://` with mutual TLS (these certificates, client certificates required),
     /// across every restart; the harness's clients connect with the client certificate.
     pub tls: Option<MutualTls>,
@@ -146,6 +154,7 @@ pub struct Server {
     tmpfs: Option<Tmpfs>,
     power: Option<power::PowerDisk>,
     sealing: Option<unopenable::Sealing>,
+    kms: Option<kms::KmsPlugin>,
 }
 
 impl fmt::Debug for Server {
@@ -171,6 +180,25 @@ impl Server {
             (true, ServerKind::Coffer) => Some(unopenable::Sealing::new()?),
             _ => None,
         };
+        let kms = match (opts.kms, kind) {
+            (true, ServerKind::Coffer) => {
+                let binary = match &opts.coffer_binary {
+                    Some(b) => b.clone(),
+                    None => coffer_conformance::process::coffer_binary()?,
+                };
+                extra.extend(
+                    [
+                        "--kms-status-interval",
+                        kms::STATUS_INTERVAL,
+                        "--kms-write-window",
+                        kms::WRITE_WINDOW,
+                    ]
+                    .map(String::from),
+                );
+                Some(kms::KmsPlugin::start(&binary)?)
+            }
+            _ => None,
+        };
         let proc = match kind {
             ServerKind::Etcd => Proc::Etcd(EtcdProcess::start_with(EtcdOptions {
                 extra_args: extra,
@@ -180,7 +208,10 @@ impl Server {
                 extra_args: extra,
                 binary: opts.coffer_binary.clone(),
                 default_key_file: power.as_ref().map(power::PowerDisk::key_file),
-                encryption_provider_config: sealing.as_ref().map(|s| s.both.clone()),
+                encryption_provider_config: sealing
+                    .as_ref()
+                    .map(|s| s.both.clone())
+                    .or_else(|| kms.as_ref().map(|k| k.config.clone())),
                 tls: opts.tls.clone(),
                 ..Default::default()
             })?),
@@ -191,6 +222,7 @@ impl Server {
             tmpfs: None,
             power,
             sealing,
+            kms,
         };
         if let Some(mib) = opts.tmpfs_mib {
             server.move_to_tmpfs(mib)?;
@@ -402,6 +434,10 @@ pub struct FaultStats {
     pub unopenable_reads_refused: u64,
     /// Revision ranges `[from, to]` served without that key (`History::sealed_prev_kv`).
     pub unopenable_windows: Vec<(i64, i64)>,
+    /// Times the KMS plugin was killed and restarted.
+    pub kms_outages: u64,
+    /// Probe reads answered while the plugin was down.
+    pub kms_reads_during_outage: u64,
 }
 
 /// Shared handle on the server for the injector and the run.
@@ -498,6 +534,7 @@ impl Injector {
                         | FaultKind::Power
                         | FaultKind::Corrupt
                         | FaultKind::Unopenable
+                        | FaultKind::Kms
                 )
             })
             .collect();
@@ -527,6 +564,7 @@ impl Injector {
                 FaultKind::Power => self.power_cut().await?,
                 FaultKind::Corrupt => self.corrupt().await?,
                 FaultKind::Unopenable => self.unopenable().await?,
+                FaultKind::Kms => self.kms_outage().await?,
                 _ => {}
             }
             next = tokio::time::Instant::now() + self.gap();

@@ -83,7 +83,7 @@ struct RunArgs {
     /// Keys in the keyspace.
     #[arg(long, default_value_t = 10)]
     keys: usize,
-    /// Faults, comma separated: kill, pause, quota, disk, power, corrupt, unopenable; `none`
+    /// Faults, comma separated: kill, pause, quota, disk, power, corrupt, unopenable, kms; `none`
     /// (or empty) for none.
     #[arg(long, default_value = "kill,pause")]
     faults: String,

@@ -233,6 +233,13 @@ impl RunReport {
             fs.unexpected_exits
         );
         }
+        if fs.kms_outages > 0 {
+            let _ = writeln!(
+                s,
+                "KMS plugin outages: {} ({} probe reads answered while it was down)",
+                fs.kms_outages, fs.kms_reads_during_outage
+            );
+        }
         if fs.power_cuts > 0 || !fs.flips.is_empty() || fs.unopenable_restarts > 0 {
             let refused = fs.flips.iter().filter(|f| f.outcome == "refused").count();
             let _ = writeln!(
@@ -324,6 +331,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunReport, Error> {
         coffer_binary: cfg.coffer_binary.clone(),
         power: cfg.faults.contains(&FaultKind::Power),
         sealing: cfg.faults.contains(&FaultKind::Unopenable),
+        kms: cfg.faults.contains(&FaultKind::Kms),
         tls: tls.as_ref().map(|(_, files)| files.clone()),
     };
     let target = cfg.target;

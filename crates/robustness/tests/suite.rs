@@ -1,6 +1,6 @@
 //! The bounded robustness suite for CI: a few short runs against Coffer with fixed seeds
 //! (crashes and pauses, one of them over mutual TLS, the quota alarm, a full disk, power cuts, flipped bytes, a missing
-//! sealing key), one run with a random seed (printed;
+//! sealing key, a KMS plugin killed and restarted), one run with a random seed (printed;
 //! set `ROBUSTNESS_SEED` to replay it), and one run against Debian's etcd 3.4.23, which must
 //! pass apart from its known bugs (`coffer_robustness::expected`).
 //!
@@ -80,6 +80,16 @@ fn check_with(target: ServerKind, seed: u64, secs: u64, faults: &[FaultKind], tl
         assert!(
             report.fault_stats.unopenable_restarts > 0,
             "no restart without the key"
+        );
+    }
+    if faults.contains(&FaultKind::Kms) {
+        assert!(
+            report.fault_stats.kms_outages > 0,
+            "the KMS plugin was never killed"
+        );
+        assert!(
+            report.fault_stats.kms_reads_during_outage > 0,
+            "no read was probed while the KMS plugin was down"
         );
     }
 }
@@ -170,4 +180,10 @@ fn coffer_corrupt_seed_7707() {
 #[test]
 fn coffer_unopenable_seed_8808() {
     check(ServerKind::Coffer, 8808, 8, &[FaultKind::Unopenable]);
+}
+
+/// Every key sealed under a `coffer kms-plugin` process that is SIGKILLed and restarted.
+#[test]
+fn coffer_kms_plugin_killed_seed_9909() {
+    check(ServerKind::Coffer, 9909, 15, &[FaultKind::Kms]);
 }

@@ -186,6 +186,8 @@ pub fn classify(status: &Status) -> Outcome {
         Code::ResourceExhausted if msg.contains("no space left on the data directory's disk") => {
             Outcome::Failed(msg)
         }
+        // Coffer refuses a write whose KMS plugin is unavailable before it reaches the log.
+        Code::Unavailable if msg.starts_with("coffer: KMS provider") => Outcome::Failed(msg),
         code => Outcome::Unknown(format!("{code:?}: {msg}")),
     }
 }
