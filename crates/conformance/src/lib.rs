@@ -18,6 +18,7 @@ use std::time::Duration;
 
 pub mod client;
 pub mod etcdctl;
+pub mod http;
 pub mod json;
 pub mod marker;
 pub mod pki;
