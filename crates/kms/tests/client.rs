@@ -12,48 +12,76 @@ use std::time::{Duration, Instant};
 use coffer_kms::client::{GrpcConnector, CALLER_GRACE};
 use coffer_kms::mock::{MockPlugin, MOCK_ANNOTATION_KEY, MOCK_ANNOTATION_VALUE};
 use coffer_seal::config::{KmsApiVersion, KmsConfiguration};
-use coffer_seal::key_service::{DecryptRequest, KeyService, KeyServiceError, KmsConnector};
+use coffer_seal::key_service::{
+    DecryptRequest, KeyService, KeyServiceError, KeyServiceV1, KmsConnector,
+};
 use coffer_seal::providers::kmsv2::KmsV2;
 use coffer_seal::providers::Transformer;
 use coffer_seal::{Keyspace, SystemRandom};
 
-fn config(name: &str, endpoint: &str, timeout: Duration, v: KmsApiVersion) -> KmsConfiguration {
-    KmsConfiguration {
-        api_version: v,
-        name: name.to_owned(),
-        endpoint: endpoint.to_owned(),
-        cache_size: None,
-        timeout,
+/// A socket path in a fresh directory (nothing listening yet) and a client connector.
+struct Socket {
+    dir: tempfile::TempDir,
+    endpoint: String,
+    connector: GrpcConnector,
+}
+
+impl Socket {
+    fn new(file: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("unix://{}", dir.path().join(file).display());
+        Self {
+            dir,
+            endpoint,
+            connector: GrpcConnector::new().unwrap(),
+        }
+    }
+
+    fn config(&self, name: &str, timeout: Duration, v: KmsApiVersion) -> KmsConfiguration {
+        KmsConfiguration {
+            api_version: v,
+            name: name.to_owned(),
+            endpoint: self.endpoint.clone(),
+            cache_size: None,
+            timeout,
+        }
+    }
+
+    fn start(&self) -> MockPlugin {
+        MockPlugin::start(&self.endpoint).unwrap()
+    }
+
+    fn v2(&self, name: &str, timeout: Duration) -> Arc<dyn KeyService> {
+        let config = self.config(name, timeout, KmsApiVersion::V2);
+        self.connector.v2(&config).unwrap()
+    }
+
+    fn v1(&self, name: &str) -> Arc<dyn KeyServiceV1> {
+        let config = self.config(name, Duration::from_secs(3), KmsApiVersion::V1);
+        self.connector.v1(&config).unwrap()
     }
 }
 
-/// A mock at a fresh socket file, and a KMS v2 client for it with a 3 s timeout.
+/// A mock at a fresh socket file, and a KMS v2 client for it.
 struct Setup {
-    _dir: tempfile::TempDir,
+    socket: Socket,
     mock: MockPlugin,
     service: Arc<dyn KeyService>,
-    _connector: GrpcConnector,
+}
+
+fn setup_with(name: &str, timeout: Duration) -> Setup {
+    let socket = Socket::new("kms.sock");
+    let mock = socket.start();
+    let service = socket.v2(name, timeout);
+    Setup {
+        socket,
+        mock,
+        service,
+    }
 }
 
 fn setup(name: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("kms.sock").display());
-    let mock = MockPlugin::start(&endpoint).unwrap();
-    let connector = GrpcConnector::new().unwrap();
-    let service = connector
-        .v2(&config(
-            name,
-            &endpoint,
-            Duration::from_secs(3),
-            KmsApiVersion::V2,
-        ))
-        .unwrap();
-    Setup {
-        _dir: dir,
-        mock,
-        service,
-        _connector: connector,
-    }
+    setup_with(name, Duration::from_secs(3))
 }
 
 fn failed(r: Result<impl std::fmt::Debug, KeyServiceError>) -> String {
@@ -139,18 +167,9 @@ fn v2_round_trip_sends_localhost_as_authority_and_counts_metrics() {
 
 #[test]
 fn v1_checks_the_version_once_and_sends_v1beta1() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("v1.sock").display());
-    let mock = MockPlugin::start(&endpoint).unwrap();
-    let connector = GrpcConnector::new().unwrap();
-    let v1 = connector
-        .v1(&config(
-            "v1",
-            &endpoint,
-            Duration::from_secs(3),
-            KmsApiVersion::V1,
-        ))
-        .unwrap();
+    let socket = Socket::new("v1.sock");
+    let mock = socket.start();
+    let v1 = socket.v1("v1");
     let dek = [3u8; 32];
     // The mock refuses requests whose version is not v1beta1, so this also shows it is sent.
     assert_eq!(v1.decrypt(&b64(&dek)).unwrap().expose_secret(), &dek);
@@ -164,14 +183,7 @@ fn v1_checks_the_version_once_and_sends_v1beta1() {
 
     // A plugin speaking another version is refused before any Decrypt.
     mock.set_v1_version("v2alpha1");
-    let other = connector
-        .v1(&config(
-            "v1-other",
-            &endpoint,
-            Duration::from_secs(3),
-            KmsApiVersion::V1,
-        ))
-        .unwrap();
+    let other = socket.v1("v1-other");
     let e = failed(other.decrypt(&b64(&dek)));
     assert!(
         e.contains(
@@ -349,14 +361,14 @@ fn abstract_sockets_work() {
     let mock = MockPlugin::start(&endpoint).unwrap();
     assert_eq!(mock.endpoint(), endpoint);
     let connector = GrpcConnector::new().unwrap();
-    let service = connector
-        .v2(&config(
-            "abstract",
-            &endpoint,
-            Duration::from_secs(3),
-            KmsApiVersion::V2,
-        ))
-        .unwrap();
+    let config = KmsConfiguration {
+        api_version: KmsApiVersion::V2,
+        name: "abstract".to_owned(),
+        endpoint,
+        cache_size: None,
+        timeout: Duration::from_secs(3),
+    };
+    let service = connector.v2(&config).unwrap();
     let wrapped = service.encrypt("u", &[9; 32]).unwrap();
     assert_eq!(wrapped.ciphertext, b64(&[9; 32]));
     assert_eq!(mock.authorities(), vec!["localhost".to_owned()]);
@@ -364,21 +376,12 @@ fn abstract_sockets_work() {
 
 #[test]
 fn a_socket_that_appears_late_is_waited_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("late.sock").display());
-    let connector = GrpcConnector::new().unwrap();
-    let service = connector
-        .v2(&config(
-            "late",
-            &endpoint,
-            Duration::from_secs(5),
-            KmsApiVersion::V2,
-        ))
-        .unwrap();
+    let socket = Socket::new("late.sock");
+    let service = socket.v2("late", Duration::from_secs(5));
     let started = Instant::now();
     let caller = std::thread::spawn(move || service.status());
     std::thread::sleep(Duration::from_millis(400));
-    let _mock = MockPlugin::start(&endpoint).unwrap();
+    let _mock = socket.start();
     let status = caller.join().unwrap().unwrap();
     let took = started.elapsed();
     assert_eq!(status.key_id, "1");
@@ -388,19 +391,18 @@ fn a_socket_that_appears_late_is_waited_for() {
 
 #[test]
 fn an_absent_socket_fails_after_the_timeout_naming_provider_and_endpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("absent.sock").display());
-    let connector = GrpcConnector::new().unwrap();
+    let socket = Socket::new("absent.sock");
     let timeout = Duration::from_millis(500);
-    let service = connector
-        .v2(&config("absent", &endpoint, timeout, KmsApiVersion::V2))
-        .unwrap();
+    let service = socket.v2("absent", timeout);
     let started = Instant::now();
     let e = unavailable(service.status());
     let took = started.elapsed();
     assert!(took >= timeout, "{took:?}");
     assert!(took < timeout + CALLER_GRACE, "{took:?}");
-    assert!(e.contains("\"absent\"") && e.contains(&endpoint), "{e}");
+    assert!(
+        e.contains("\"absent\"") && e.contains(&socket.endpoint),
+        "{e}"
+    );
     assert!(e.contains("code = DeadlineExceeded"), "{e}");
     assert!(e.contains("No such file or directory"), "{e}");
     assert_eq!(calls_metric("absent", "Status", "deadline_exceeded"), 1);
@@ -408,26 +410,7 @@ fn an_absent_socket_fails_after_the_timeout_naming_provider_and_endpoint() {
 
 #[test]
 fn a_slow_plugin_times_out_within_about_the_timeout() {
-    let s = {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = format!("unix://{}", dir.path().join("slow.sock").display());
-        let mock = MockPlugin::start(&endpoint).unwrap();
-        let connector = GrpcConnector::new().unwrap();
-        let service = connector
-            .v2(&config(
-                "slow",
-                &endpoint,
-                Duration::from_millis(300),
-                KmsApiVersion::V2,
-            ))
-            .unwrap();
-        Setup {
-            _dir: dir,
-            mock,
-            service,
-            _connector: connector,
-        }
-    };
+    let s = setup_with("slow", Duration::from_millis(300));
     s.mock.set_delay(Duration::from_secs(5));
     let started = Instant::now();
     let e = unavailable(s.service.status());
@@ -467,24 +450,13 @@ fn plugin_errors_are_answers_not_retried() {
 
 #[test]
 fn a_restarted_plugin_is_dialled_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("restart.sock").display());
-    let mut mock = MockPlugin::start(&endpoint).unwrap();
-    let connector = GrpcConnector::new().unwrap();
-    let service = connector
-        .v2(&config(
-            "restart",
-            &endpoint,
-            Duration::from_secs(3),
-            KmsApiVersion::V2,
-        ))
-        .unwrap();
-    assert!(service.status().is_ok());
-    mock.stop();
-    assert!(!dir.path().join("restart.sock").exists());
-    let mock = MockPlugin::start(&endpoint).unwrap();
+    let mut s = setup("restart");
+    assert!(s.service.status().is_ok());
+    s.mock.stop();
+    assert!(!s.socket.dir.path().join("kms.sock").exists());
+    let mock = s.socket.start();
     mock.set_key_id("after-restart");
-    assert_eq!(service.status().unwrap().key_id, "after-restart");
+    assert_eq!(s.service.status().unwrap().key_id, "after-restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,10 +503,9 @@ resources:
 
 #[test]
 fn hot_path_makes_no_plugin_calls() {
-    let dir = tempfile::tempdir().unwrap();
-    let endpoint = format!("unix://{}", dir.path().join("hot.sock").display());
-    let mock = MockPlugin::start(&endpoint).unwrap();
-    let yaml = HOT_CONFIG.replace("ENDPOINT", &endpoint);
+    let socket = Socket::new("hot.sock");
+    let mock = socket.start();
+    let yaml = HOT_CONFIG.replace("ENDPOINT", &socket.endpoint);
     let cfg = coffer_seal::config::parse(yaml.as_bytes(), "hot.yaml").unwrap();
     let keyspace = |connector: &GrpcConnector| {
         Keyspace::new(
@@ -546,8 +517,7 @@ fn hot_path_makes_no_plugin_calls() {
         )
         .unwrap()
     };
-    let connector = GrpcConnector::new().unwrap();
-    let first = keyspace(&connector);
+    let first = keyspace(&socket.connector);
     assert!(first.refresh_kms().is_empty());
     let key = |i: usize| format!("/registry/secrets/ns/s{i}");
     let stored: Vec<Vec<u8>> = (0..10_000)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_seal::key_service::KeyServiceError;
+use coffer_seal::SecretBytes;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Code;
@@ -190,6 +191,24 @@ impl Target {
         self.record(rpc, "invalid", started);
         tracing::debug!(provider = %self.provider, rpc, "KMS plugin answer refused");
         KeyServiceError::Failed(format!("{}: {why}", self.describe(rpc)))
+    }
+
+    /// Takes a Decrypt answer's plaintext (moved, not copied) unless it is empty.
+    pub(crate) fn unwrapped(
+        &self,
+        started: Instant,
+        plaintext: Vec<u8>,
+    ) -> Result<SecretBytes, KeyServiceError> {
+        let plaintext = SecretBytes::new(plaintext);
+        if plaintext.is_empty() {
+            return Err(self.invalid(
+                "Decrypt",
+                started,
+                "the plugin's Decrypt answer has an empty plaintext",
+            ));
+        }
+        self.record("Decrypt", "ok", started);
+        Ok(plaintext)
     }
 
     fn describe(&self, rpc: &str) -> String {

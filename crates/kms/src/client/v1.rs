@@ -1,6 +1,5 @@
 //! The KMS v1 client, read only: Version once (must be `v1beta1`), then Decrypt.
 
-use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -15,18 +14,11 @@ use pb::key_management_service_client::KeyManagementServiceClient;
 const API_VERSION: &str = "v1beta1";
 
 /// A KMS v1 plugin behind one provider.
+#[derive(Debug)]
 pub(crate) struct V1Service {
     target: Target,
     /// Whether Version has answered `v1beta1` (held while asking, so it is asked once).
     version_checked: Mutex<bool>,
-}
-
-impl fmt::Debug for V1Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KmsV1Client")
-            .field("target", &self.target)
-            .finish_non_exhaustive()
-    }
 }
 
 impl V1Service {
@@ -105,15 +97,6 @@ impl KeyServiceV1 for V1Service {
                 async move { c.decrypt(request).await }
             })
             .map_err(|e| self.target.failed("Decrypt", started, e))?;
-        let plain = SecretBytes::new(answer.plain);
-        if plain.is_empty() {
-            return Err(self.target.invalid(
-                "Decrypt",
-                started,
-                "the plugin's Decrypt answer has an empty plaintext",
-            ));
-        }
-        self.target.record("Decrypt", "ok", started);
-        Ok(plain)
+        self.target.unwrapped(started, answer.plain)
     }
 }
