@@ -26,6 +26,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// Longest pause between attempts.
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
+/// The longest deadline a call gets when its timeout overflows the clock (about a year).
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The URI every request is sent to: `:authority` is `localhost`, as kube-apiserver 1.32+
 /// sends it (the socket path is not a valid authority for strict HTTP/2 servers).
 const AUTHORITY_URI: &str = "http://localhost";
@@ -122,7 +125,10 @@ impl Target {
 
     /// The deadline of a call starting now.
     pub(crate) fn deadline(&self) -> Instant {
-        Instant::now() + self.timeout
+        let now = Instant::now();
+        // A timeout too large for the clock (a config typo) waits as long as it can.
+        now.checked_add(self.timeout)
+            .unwrap_or_else(|| now + LONGEST_TIMEOUT)
     }
 
     /// Runs `rpc` on the client's runtime until it answers, retrying while the socket cannot
@@ -139,7 +145,9 @@ impl Target {
         self.runtime.handle().spawn(async move {
             let _ = tx.send(until_answered(until, rpc).await);
         });
-        let wait = deadline.saturating_duration_since(Instant::now()) + CALLER_GRACE;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_add(CALLER_GRACE);
         match rx.recv_timeout(wait) {
             Ok(result) => result,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -327,6 +335,19 @@ mod tests {
         assert_eq!(code_snake(Code::DeadlineExceeded), "deadline_exceeded");
         assert_eq!(code_snake(Code::FailedPrecondition), "failed_precondition");
         assert_eq!(code_name(Code::Cancelled), "Canceled");
+    }
+
+    #[test]
+    fn an_enormous_timeout_does_not_overflow_the_clock() {
+        let runtime = ClientRuntime::start().unwrap();
+        let target = Target::new(
+            runtime,
+            "p".to_owned(),
+            "unix:///@x".to_owned(),
+            SocketAddress::Abstract(b"x".to_vec()),
+            Duration::MAX,
+        );
+        assert!(target.deadline() > Instant::now() + Duration::from_secs(3600));
     }
 
     #[test]
