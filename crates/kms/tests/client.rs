@@ -112,6 +112,10 @@ fn calls_metric(provider: &str, rpc: &str, result: &str) -> u64 {
         .get()
 }
 
+/// Scheduling slack on a busy machine for the timing bounds: a call returns by its timeout plus
+/// `CALLER_GRACE` by construction, plus the time to wake the caller.
+const SLACK: Duration = Duration::from_millis(200);
+
 fn abstract_endpoint() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
@@ -398,7 +402,7 @@ fn an_absent_socket_fails_after_the_timeout_naming_provider_and_endpoint() {
     let e = unavailable(service.status());
     let took = started.elapsed();
     assert!(took >= timeout, "{took:?}");
-    assert!(took < timeout + CALLER_GRACE, "{took:?}");
+    assert!(took < timeout + CALLER_GRACE + SLACK, "{took:?}");
     assert!(
         e.contains("\"absent\"") && e.contains(&socket.endpoint),
         "{e}"
@@ -416,7 +420,10 @@ fn a_slow_plugin_times_out_within_about_the_timeout() {
     let e = unavailable(s.service.status());
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(300), "{took:?}");
-    assert!(took < Duration::from_millis(300) + CALLER_GRACE, "{took:?}");
+    assert!(
+        took < Duration::from_millis(300) + CALLER_GRACE + SLACK,
+        "{took:?}"
+    );
     assert!(
         e.contains("code = DeadlineExceeded") && e.contains("300ms"),
         "{e}"
