@@ -150,7 +150,8 @@ fn failure_lists_every_provider_and_prints_nothing() {
     let out = run(&["decrypt", "--key", KEY], &config, kms_value);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("no KMS gRPC client"),
+        stderr(&out).contains("plugin at unix:///tmp/none.sock")
+            && stderr(&out).contains("never became reachable"),
         "{}",
         stderr(&out)
     );

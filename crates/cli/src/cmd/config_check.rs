@@ -129,14 +129,9 @@ fn write_counts(
         .with_context(|| format!("--data-dir {}", dir.display()))?;
     let rng: std::sync::Arc<dyn coffer_seal::RandomSource> =
         std::sync::Arc::new(coffer_seal::SystemRandom::new()?);
-    let keyspace = coffer_seal::Keyspace::new(
-        cfg,
-        etcd_prefix,
-        None,
-        &coffer_seal::key_service::NoKmsClient,
-        rng,
-    )
-    .context("cannot build the config's providers to match their write counts")?;
+    let kms = coffer_kms::client::GrpcConnector::new().context("cannot start the KMS client")?;
+    let keyspace = coffer_seal::Keyspace::new(cfg, etcd_prefix, None, &kms, rng)
+        .context("cannot build the config's providers to match their write counts")?;
     let counts: Vec<coffer_seal::WriteCount> = persisted
         .iter()
         .map(|(id, n)| coffer_seal::WriteCount {

@@ -2,7 +2,8 @@
 //! `--encryption-provider-config` for `--key`, as kube-apiserver would open it. The plaintext
 //! goes to stdout; stderr says which provider and key opened it and whether it is stale. On
 //! failure nothing goes to stdout, stderr lists every provider of the rule and why it failed,
-//! and the exit code is 1.
+//! and the exit code is 1. KMS providers ask their plugins through the gRPC client
+//! (`coffer_kms::client`); an unreachable plugin is reported with its endpoint.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +31,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let ks = keyspace(&args.encryption_provider_config, &args.etcd_prefix)?;
+    let (_, ks) = keyspace(&args.encryption_provider_config, &args.etcd_prefix)?;
     let stored = read_input(args.hex)?;
     let d = ks.diagnose(args.key.as_bytes(), &stored);
     match d.result {
