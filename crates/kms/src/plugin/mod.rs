@@ -22,6 +22,7 @@ pub mod server;
 pub mod service;
 
 pub use backend::{Backend, Wrapped};
+pub use coffer_metrics::kms::key_id_hash;
 pub use keyfile::KeyFileBackend;
 pub use pkcs11::{Pin, Pkcs11Backend, Pkcs11Config, TokenSelector};
 pub use server::{serve, ServeOptions};

@@ -344,17 +344,13 @@ impl Pkcs11Backend {
                 self.token_name()
             ))
         };
-        let list = self
-            .ctx
-            .get_mechanism_list(slot)
-            .map_err(|e| self.error("list the mechanisms", &e))?;
-        if !list.contains(&mechanism) {
-            return Err(unsupported());
-        }
-        let info = self
-            .ctx
-            .get_mechanism_info(slot, mechanism)
-            .map_err(|e| self.error("read the mechanism information", &e))?;
+        // Asked directly: listing every mechanism makes cryptoki log each type it does not
+        // know as an error.
+        let info = match self.ctx.get_mechanism_info(slot, mechanism) {
+            Ok(info) => info,
+            Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => return Err(unsupported()),
+            Err(e) => return Err(self.error("read the mechanism information", &e)),
+        };
         let usable = if mechanism == MechanismType::AES_GCM {
             info.encrypt() && info.decrypt()
         } else {
@@ -553,6 +549,10 @@ impl Backend for Pkcs11Backend {
             c.keys = ck("list the keys", this.list_keys(&c.session, &c.serial))?;
             Ok(c.keys.last().map(|k| (k.generation, k.key_id.clone())))
         })?;
+        if newest.is_none() {
+            // An empty list may mean the token itself is gone: say so when it is.
+            self.find_slot()?;
+        }
         let mut seen = lock(&self.newest);
         match (newest, seen.as_ref()) {
             (None, None) => Err(PluginError::Unavailable(format!(
