@@ -24,29 +24,39 @@ use super::serve::{init_logging, LogFormat};
 /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-const EXAMPLES: &str = "Examples:
-  # first key in a fresh token, then serve
-  COFFER_PKCS11_PIN=1234 coffer kms-plugin rotate --pkcs11-module /usr/lib/softhsm/libsofthsm2.so \\
-      --token-label kms --pin-env COFFER_PKCS11_PIN
-  COFFER_PKCS11_PIN=1234 coffer kms-plugin --listen unix:///var/run/kmsplugin/kms.sock \\
-      --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label kms --pin-env COFFER_PKCS11_PIN \\
+/// The examples of `--help` (a macro so that `concat!` can take it).
+macro_rules! examples {
+    () => {
+        "Examples:
+  export COFFER_PKCS11_PIN=1234     # or keep it in a 0600 file: --pin-file
+  # the first key in a fresh token, then serve
+  coffer kms-plugin rotate --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label kms \\
+      --pin-env COFFER_PKCS11_PIN
+  coffer kms-plugin --listen unix:///var/run/kmsplugin/kms.sock --pin-env COFFER_PKCS11_PIN \\
+      --pkcs11-module /usr/lib/softhsm/libsofthsm2.so --token-label kms \\
       --listen-metrics-urls http://127.0.0.1:8083
   # development: the default key file of coffer serve
-  coffer kms-plugin --listen unix:///@coffer-kms --key-file ~/.config/coffer/default.key";
+  coffer kms-plugin --listen unix:///@coffer-kms --key-file ~/.config/coffer/default.key"
+    };
+}
 
 /// Flags of `coffer kms-plugin`.
 #[derive(Debug, clap::Args)]
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    after_help = EXAMPLES,
-    long_about = "[online] Serve the KMS v2 plugin API on a unix socket. The key-encryption key \
-(KEK) stays in a PKCS#11 token (an HSM; AES-256 generated in the token, non-extractable; seeds \
-wrapped with CKM_AES_GCM inside it, the key_id as authenticated data) or, for development, in a \
-coffer default-key file (same key_id and format as coffer serve's default key).\n\n\
+    after_help = examples!(),
+    after_long_help = concat!(
+        "Serve the KMS v2 plugin API on a unix socket. The key-encryption key (KEK) stays in a \
+PKCS#11 token (an HSM; AES-256 generated in the token, sensitive and non-extractable; seeds \
+wrapped with CKM_AES_GCM inside it, a random 12-byte IV per call and the key_id as authenticated \
+data) or, for development, in a coffer default-key file (the same key_id and format as coffer \
+serve's default key).\n\n\
 Status answers healthz \"ok\" only after a real wrap and unwrap through the backend (cached 5 s \
 after success, 1 s after failure). Rotate with `coffer kms-plugin rotate`: the new KEK becomes \
-current within 5 s in a running plugin and older KEKs keep decrypting."
+current within 5 s in a running plugin and older KEKs keep decrypting.\n\n",
+        examples!()
+    )
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -103,7 +113,11 @@ struct BackendArgs {
     #[arg(long)]
     pin_env: Option<String>,
     /// CKA_LABEL of the KEKs in the token.
-    #[arg(long, env = "COFFER_PKCS11_KEY_LABEL", default_value = "coffer-kms-kek")]
+    #[arg(
+        long,
+        env = "COFFER_PKCS11_KEY_LABEL",
+        default_value = "coffer-kms-kek"
+    )]
     key_label: String,
     /// Key file (coffer default-key format, mode 0600) to use as the KEK instead of a token.
     #[arg(long)]
@@ -116,7 +130,9 @@ struct BackendArgs {
 impl BackendArgs {
     fn pkcs11(&self) -> anyhow::Result<Pkcs11Backend> {
         let Some(module) = self.pkcs11_module.clone() else {
-            bail!("name the KEK's home: --pkcs11-module (with --token-label or --slot) or --key-file");
+            bail!(
+                "name the KEK's home: --pkcs11-module (with --token-label or --slot) or --key-file"
+            );
         };
         let token = match (&self.token_label, self.slot) {
             (Some(l), None) => TokenSelector::Label(l.clone()),

@@ -32,13 +32,12 @@ pub struct KeyFileBackend {
 impl KeyFileBackend {
     /// Loads the current key file and the old ones (decrypt only).
     pub fn load(path: &Path, old: &[PathBuf]) -> Result<Self, PluginError> {
-        let rng: Arc<dyn RandomSource> = Arc::new(
-            SystemRandom::new().map_err(|e| PluginError::Internal(e.to_string()))?,
-        );
+        let rng: Arc<dyn RandomSource> =
+            Arc::new(SystemRandom::new().map_err(|e| PluginError::Internal(e.to_string()))?);
         let service = |p: &Path| -> Result<LocalKeyService, PluginError> {
-            DefaultKey::load(p)?.key_service(rng.clone()).map_err(|e| {
-                PluginError::Config(format!("key file {}: {e}", p.display()))
-            })
+            DefaultKey::load(p)?
+                .key_service(rng.clone())
+                .map_err(|e| PluginError::Config(format!("key file {}: {e}", p.display())))
         };
         Ok(Self {
             path: path.to_owned(),
@@ -137,7 +136,9 @@ mod tests {
         let backend = KeyFileBackend::load(&path, &[]).unwrap();
         assert_eq!(backend.key_id(), serve.key_id());
         let wrapped = serve.encrypt("u", &[7u8; 32]).unwrap();
-        let opened = backend.unwrap(&wrapped.key_id, &wrapped.ciphertext).unwrap();
+        let opened = backend
+            .unwrap(&wrapped.key_id, &wrapped.ciphertext)
+            .unwrap();
         assert_eq!(opened.as_slice(), &[7u8; 32]);
         assert_eq!(
             super::super::backend::round_trip(&backend).unwrap(),

@@ -83,12 +83,13 @@ impl Pin {
 
     /// Reads the PIN from a file (one line; a trailing newline is dropped).
     pub fn from_file(path: &Path) -> Result<Self, PluginError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            PluginError::Io {
-                context: format!("cannot read the PIN file {}", path.display()),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| PluginError::Io {
+                    context: format!("cannot read the PIN file {}", path.display()),
+                    source,
+                })?,
+            );
         let pin = text.trim_end_matches(['\n', '\r']);
         if pin.is_empty() {
             return Err(PluginError::Config(format!(
@@ -484,9 +485,9 @@ impl Pkcs11Backend {
             let generation = c.keys.last().map_or(1, |k| k.generation.saturating_add(1));
             let mut id = vec![0u8; ID_LEN];
             id[..4].copy_from_slice(&generation.to_be_bytes());
-            this.rng.fill(&mut id[4..]).map_err(|_| {
-                PluginError::Internal("the system random source failed".to_owned())
-            })?;
+            this.rng
+                .fill(&mut id[4..])
+                .map_err(|_| PluginError::Internal("the system random source failed".to_owned()))?;
             let template = [
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(KeyType::AES),
@@ -597,9 +598,9 @@ impl Backend for Pkcs11Backend {
                 ))
             })?;
             let mut iv = [0u8; IV_LEN];
-            this.rng.fill(&mut iv).map_err(|_| {
-                PluginError::Internal("the system random source failed".to_owned())
-            })?;
+            this.rng
+                .fill(&mut iv)
+                .map_err(|_| PluginError::Internal("the system random source failed".to_owned()))?;
             let mut iv_param = iv;
             let params = ck(
                 "set up AES-GCM",
@@ -662,6 +663,14 @@ impl Backend for Pkcs11Backend {
                     "the ciphertext does not authenticate under key_id {}",
                     coffer_metrics::kms::key_id_hash(key_id)
                 )))),
+                // SoftHSM2 reports a failed GCM tag check as CKR_GENERAL_ERROR.
+                Err(CkError::Pkcs11(RvError::GeneralError, _)) => {
+                    Err(OpError::Plugin(PluginError::InvalidArgument(format!(
+                        "the token refused to unwrap the ciphertext under key_id {} \
+                         (CKR_GENERAL_ERROR): it does not authenticate, or the token failed",
+                        coffer_metrics::kms::key_id_hash(key_id)
+                    ))))
+                }
                 Err(e) => Err(OpError::Ck("unwrap (CKM_AES_GCM decrypt)", e)),
             }
         })
@@ -678,7 +687,10 @@ mod tests {
         assert_eq!(a, key_id("serial-a", &[1; 20], 1));
         assert_ne!(a, key_id("serial-b", &[1; 20], 1));
         assert_ne!(a, key_id("serial-a", &[2; 20], 1));
-        assert!(a.starts_with("coffer-pkcs11-1-") && a.len() == 16 + 32, "{a}");
+        assert!(
+            a.starts_with("coffer-pkcs11-1-") && a.len() == 16 + 32,
+            "{a}"
+        );
         assert!(!a.contains("serial"));
     }
 

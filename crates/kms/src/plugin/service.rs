@@ -27,8 +27,7 @@ use super::backend::{round_trip, Backend};
 use super::{PluginError, FORMAT_ANNOTATION};
 use crate::proto::v2::key_management_service_server::KeyManagementService;
 use crate::proto::v2::{
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest,
-    StatusResponse,
+    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
 };
 
 /// How long a successful health check is reused.
@@ -184,7 +183,10 @@ async fn blocking<T: Send + 'static>(
 
 /// A backend error as a status, counted under `operation`.
 fn backend_status(operation: &str, e: &PluginError) -> Status {
-    if !matches!(e, PluginError::InvalidArgument(_) | PluginError::NotFound(_)) {
+    if !matches!(
+        e,
+        PluginError::InvalidArgument(_) | PluginError::NotFound(_)
+    ) {
         metrics()
             .backend_errors
             .with_label_values(&[operation])
