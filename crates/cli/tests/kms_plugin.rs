@@ -4,6 +4,8 @@
 //!
 //! SoftHSM2 is required: without it (`apt-get install softhsm2 opensc`) these tests fail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};

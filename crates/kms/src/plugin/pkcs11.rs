@@ -32,7 +32,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -261,13 +261,17 @@ impl Pkcs11Backend {
                 config.module.display()
             ))
         })?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| {
-                PluginError::Config(format!(
-                    "cannot initialise the PKCS#11 module {}: {e}",
-                    config.module.display()
-                ))
-            })?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            // Another part of this process opened the module first.
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            PluginError::Config(format!(
+                "cannot initialise the PKCS#11 module {}: {e}",
+                config.module.display()
+            ))
+        })?;
         let backend = Self {
             config,
             ctx,
@@ -444,7 +448,7 @@ impl Pkcs11Backend {
                 Some(c) => c,
                 None => guard.insert(self.connect()?),
             };
-            match f(self, conn) {
+            match self.ensure_user(conn).and_then(|()| f(self, conn)) {
                 Ok(v) => return Ok(v),
                 Err(OpError::Plugin(e)) => return Err(e),
                 Err(OpError::Ck(op, e)) if !retried && needs_reconnect(&e) => {
@@ -472,6 +476,28 @@ impl Pkcs11Backend {
                 }
             }
             retried = true;
+        }
+    }
+
+    /// Checks that the session is still there and logged in as the user (another session of
+    /// this process, or the token, may have logged out: private keys are then invisible, not
+    /// an error), and logs in again if not.
+    fn ensure_user(&self, conn: &Conn) -> Result<(), OpError> {
+        let info = ck("check the session", conn.session.get_session_info())?;
+        if matches!(
+            info.session_state(),
+            SessionState::RoUser | SessionState::RwUser
+        ) {
+            return Ok(());
+        }
+        warn!(token = %self.config.token, "the PKCS#11 session is logged out; logging in again");
+        coffer_metrics::kms::plugin()
+            .backend_errors
+            .with_label_values(&["session"])
+            .inc();
+        match conn.session.login(UserType::User, Some(&self.config.pin.0)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e) => Err(OpError::Ck("log in", e)),
         }
     }
 
