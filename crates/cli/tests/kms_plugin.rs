@@ -13,13 +13,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_kms::endpoint::SocketAddress;
+use coffer_kms::plugin::softhsm::{SoftHsmToken, SOFTHSM2_MODULE};
 use coffer_kms::proto::v2::key_management_service_client::KeyManagementServiceClient;
 use coffer_kms::proto::v2::{
     DecryptRequest, EncryptRequest, EncryptResponse, StatusRequest, StatusResponse,
 };
 use tonic::transport::Channel;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const MODULE: &str = SOFTHSM2_MODULE;
 const PIN: &str = "24681357";
 const SO_PIN: &str = "86421357";
 const TOKEN: &str = "coffer-test";
@@ -38,33 +39,12 @@ struct Hsm {
 
 impl Hsm {
     fn new() -> Self {
-        assert!(
-            Path::new(MODULE).exists(),
-            "{MODULE} is missing: install SoftHSM2 (apt-get install softhsm2 opensc)"
-        );
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        let hsm = Hsm { dir, conf };
-        let out = hsm
-            .tool("softhsm2-util")
-            .args(["--init-token", "--free", "--label", TOKEN, "--pin", PIN])
-            .args(["--so-pin", SO_PIN])
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("softhsm2-util cannot run ({e}): apt-get install softhsm2 opensc")
-            });
-        assert!(out.status.success(), "{}", text(&out));
-        hsm
+        let token = SoftHsmToken::init(dir.path(), TOKEN, PIN, SO_PIN).unwrap();
+        Hsm {
+            dir,
+            conf: token.conf,
+        }
     }
 
     fn tool(&self, program: &str) -> Command {
@@ -123,14 +103,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A running plugin.
 struct Plugin {
     child: Option<Child>,
@@ -142,7 +114,11 @@ struct Plugin {
 impl Plugin {
     /// Starts `cmd` with `--listen endpoint` and a metrics port, and waits for Status.
     async fn start(mut cmd: Command, endpoint: &str, log: PathBuf) -> Plugin {
-        let metrics_port = free_port();
+        // A port free now (the plugin binds it a moment later).
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
         let log_file = std::fs::File::create(&log).unwrap();
         let child = cmd
             .args(["--listen", endpoint])
@@ -337,16 +313,21 @@ fn socket_endpoint(hsm: &Hsm) -> String {
     format!("unix://{}", hsm.socket().display())
 }
 
+/// The plugin on the token's socket file, ready.
+async fn serve(hsm: &Hsm) -> Plugin {
+    Plugin::start(
+        hsm.plugin_cmd(&[]),
+        &socket_endpoint(hsm),
+        hsm.dir.path().join("plugin.log"),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn generates_wraps_and_unwraps_and_stops_cleanly() {
     let hsm = Hsm::new();
     let key_id = hsm.rotate();
-    let plugin = Plugin::start(
-        hsm.plugin_cmd(&[]),
-        &socket_endpoint(&hsm),
-        hsm.dir.path().join("plugin.log"),
-    )
-    .await;
+    let plugin = serve(&hsm).await;
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(hsm.socket()).unwrap().permissions(),
     );
@@ -440,12 +421,7 @@ async fn generates_wraps_and_unwraps_and_stops_cleanly() {
 async fn rotation_is_noticed_and_old_ciphertexts_still_decrypt() {
     let hsm = Hsm::new();
     let first = hsm.rotate();
-    let plugin = Plugin::start(
-        hsm.plugin_cmd(&[]),
-        &socket_endpoint(&hsm),
-        hsm.dir.path().join("plugin.log"),
-    )
-    .await;
+    let plugin = serve(&hsm).await;
     let mut c = plugin.client().await;
     let old = encrypt(&mut c, &[3u8; 32]).await;
     assert_eq!(old.key_id, first);
@@ -533,12 +509,7 @@ async fn a_wrong_pin_is_a_clear_error() {
 async fn a_deleted_key_makes_status_unhealthy() {
     let hsm = Hsm::new();
     let key_id = hsm.rotate();
-    let plugin = Plugin::start(
-        hsm.plugin_cmd(&[]),
-        &socket_endpoint(&hsm),
-        hsm.dir.path().join("plugin.log"),
-    )
-    .await;
+    let plugin = serve(&hsm).await;
     let mut c = plugin.client().await;
     let sealed = encrypt(&mut c, &[6u8; 32]).await;
     let out = hsm.pkcs11_tool(&["--delete-object", "--type", "secrkey", "--label", KEY_LABEL]);
@@ -567,12 +538,7 @@ async fn a_deleted_key_makes_status_unhealthy() {
 async fn a_token_that_disappears_makes_status_and_healthz_unhealthy() {
     let hsm = Hsm::new();
     hsm.rotate();
-    let plugin = Plugin::start(
-        hsm.plugin_cmd(&[]),
-        &socket_endpoint(&hsm),
-        hsm.dir.path().join("plugin.log"),
-    )
-    .await;
+    let plugin = serve(&hsm).await;
     let mut c = plugin.client().await;
     assert_eq!(status(&mut c).await.healthz, "ok");
     let out = hsm
@@ -596,12 +562,7 @@ async fn a_token_that_disappears_makes_status_and_healthz_unhealthy() {
 async fn a_socket_path_authority_is_accepted() {
     let hsm = Hsm::new();
     hsm.rotate();
-    let plugin = Plugin::start(
-        hsm.plugin_cmd(&[]),
-        &socket_endpoint(&hsm),
-        hsm.dir.path().join("plugin.log"),
-    )
-    .await;
+    let plugin = serve(&hsm).await;
     let socket = hsm.socket();
     let authority = socket.display().to_string();
     let answer = tokio::task::spawn_blocking(move || raw_status(&socket, &authority))

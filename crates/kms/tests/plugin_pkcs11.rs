@@ -7,43 +7,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::Command;
-
 use coffer_kms::plugin::backend::round_trip;
+use coffer_kms::plugin::softhsm::{SoftHsmToken, SOFTHSM2_MODULE};
 use coffer_kms::plugin::{Backend, Pin, Pkcs11Backend, Pkcs11Config, TokenSelector};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::SessionState;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const MODULE: &str = SOFTHSM2_MODULE;
 const PIN: &str = "11223344";
 const TOKEN: &str = "coffer-inproc";
 
 #[test]
 fn a_logged_out_session_logs_in_again_and_keys_stay_visible() {
-    assert!(
-        Path::new(MODULE).exists(),
-        "{MODULE} is missing: install SoftHSM2 (apt-get install softhsm2)"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", TOKEN, "--pin", PIN])
-        .args(["--so-pin", "55667788"])
-        .output()
-        .expect("softhsm2-util: apt-get install softhsm2");
-    assert!(out.status.success(), "{out:?}");
+    let token = SoftHsmToken::init(dir.path(), TOKEN, PIN, "55667788").unwrap();
+    std::env::set_var("SOFTHSM2_CONF", &token.conf);
 
     let backend = Pkcs11Backend::open(Pkcs11Config {
         module: MODULE.into(),

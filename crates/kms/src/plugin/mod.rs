@@ -11,6 +11,7 @@
 //! - [`server`]: the unix-socket listener (file or abstract), the `:authority` repair for
 //!   kube-apiserver < 1.32, HTTP/2 by hyper, graceful stop, and the plain HTTP `/healthz` and
 //!   `/metrics` listener.
+//! - [`softhsm`]: a throwaway SoftHSM2 token for tests.
 //!
 //! No key byte, PIN or plaintext appears in an error, a log line, `Debug` output or a metric;
 //! key_ids appear in logs and metrics only as `coffer_metrics::kms::key_id_hash`.
@@ -20,6 +21,7 @@ pub mod keyfile;
 pub mod pkcs11;
 pub mod server;
 pub mod service;
+pub mod softhsm;
 
 pub use backend::{Backend, Wrapped};
 pub use coffer_metrics::kms::key_id_hash;
