@@ -35,6 +35,7 @@ fn coffer() -> Command {
 struct Hsm {
     dir: tempfile::TempDir,
     conf: PathBuf,
+    slot: Option<u64>,
 }
 
 impl Hsm {
@@ -44,6 +45,7 @@ impl Hsm {
         Hsm {
             dir,
             conf: token.conf,
+            slot: token.slot,
         }
     }
 
@@ -440,6 +442,36 @@ async fn rotation_is_noticed_and_old_ciphertexts_still_decrypt() {
     assert_eq!(
         String::from_utf8(keys.stdout).unwrap(),
         format!("{first}\n{second}\n")
+    );
+}
+
+#[test]
+fn the_token_is_found_by_slot_and_a_missing_one_is_named() {
+    let hsm = Hsm::new();
+    let key_id = hsm.rotate();
+    let slot = hsm.slot.expect("softhsm2-util names the slot").to_string();
+    let keys = |token: &[&str]| {
+        coffer()
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .env("COFFER_TEST_PIN", PIN)
+            .args(["kms-plugin", "keys", "--pkcs11-module", MODULE])
+            .args(token)
+            .args(["--pin-env", "COFFER_TEST_PIN"])
+            .output()
+            .unwrap()
+    };
+    let out = keys(&["--slot", &slot]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{key_id}\n")
+    );
+    let out = keys(&["--token-label", "no-such-token"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("\"no-such-token\" not found"),
+        "{}",
+        text(&out)
     );
 }
 

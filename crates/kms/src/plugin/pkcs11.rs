@@ -581,28 +581,28 @@ impl Backend for Pkcs11Backend {
             self.find_slot()?;
         }
         let mut seen = lock(&self.newest);
-        match (newest, seen.as_ref()) {
-            (None, None) => Err(PluginError::Unavailable(format!(
+        if let Some((seen_generation, seen_key_id)) = seen.as_ref() {
+            if newest
+                .as_ref()
+                .is_none_or(|(generation, _)| generation < seen_generation)
+            {
+                return Err(PluginError::Unavailable(format!(
+                    "{}: the current key-encryption key ({}) is gone from the token",
+                    self.token_name(),
+                    coffer_metrics::kms::key_id_hash(seen_key_id)
+                )));
+            }
+        }
+        let Some((generation, key_id)) = newest else {
+            return Err(PluginError::Unavailable(format!(
                 "{} holds no key-encryption key labelled {:?}: create one with `coffer \
                  kms-plugin rotate`",
                 self.token_name(),
                 self.config.key_label
-            ))),
-            (found, Some((generation, key_id)))
-                if found.as_ref().is_none_or(|(g, _)| g < generation) =>
-            {
-                Err(PluginError::Unavailable(format!(
-                    "{}: the current key-encryption key ({}) is gone from the token",
-                    self.token_name(),
-                    coffer_metrics::kms::key_id_hash(key_id)
-                )))
-            }
-            (Some((generation, key_id)), _) => {
-                *seen = Some((generation, key_id.clone()));
-                Ok(key_id)
-            }
-            (None, Some(_)) => Err(PluginError::Internal("unreachable".to_owned())),
-        }
+            )));
+        };
+        *seen = Some((generation, key_id.clone()));
+        Ok(key_id)
     }
 
     fn current_key_id(&self) -> Option<String> {

@@ -16,6 +16,8 @@ pub struct SoftHsmToken {
     pub conf: PathBuf,
     /// The token label.
     pub label: String,
+    /// The slot SoftHSM2 gave the token (as `softhsm2-util` reported it).
+    pub slot: Option<u64>,
 }
 
 impl SoftHsmToken {
@@ -55,9 +57,14 @@ impl SoftHsmToken {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
+        // "The token has been initialized and is reassigned to slot 1496789767"
+        let slot = String::from_utf8_lossy(&out.stdout)
+            .split_once("reassigned to slot ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
         Ok(Self {
             conf,
             label: label.to_owned(),
+            slot,
         })
     }
 }
