@@ -37,6 +37,9 @@ enum Command {
     /// [offline] Create and check the TLS certificates for serving over HTTPS (kubeadm's layout).
     #[command(subcommand)]
     Certs(cmd::certs::Args),
+    /// [online] Serve a KMS v2 plugin whose key-encryption key is in a PKCS#11 token (HSM) or a
+    /// key file; `rotate` makes a new key.
+    KmsPlugin(cmd::kms_plugin::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Snapshot(args) => cmd::snapshot::run(args),
         Command::Certs(args) => cmd::certs::run(args),
+        Command::KmsPlugin(args) => cmd::kms_plugin::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,5 +5,6 @@ pub mod config_check;
 pub mod decrypt;
 pub mod encrypt;
 pub mod keygen;
+pub mod kms_plugin;
 pub mod serve;
 pub mod snapshot;

@@ -229,7 +229,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+pub(crate) fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("--log-level {level:?} is not a level or filter"))?;
     let builder = tracing_subscriber::fmt()
