@@ -188,12 +188,24 @@ impl KmsV2 {
         service: Arc<dyn KeyService>,
         rng: Arc<dyn RandomSource>,
     ) -> Self {
+        Self::with_writes_per_derived_key(name, service, rng, WRITES_PER_DERIVED_KEY)
+    }
+
+    /// [`KmsV2::with_key_reuse`] with `writes` writes per derived key (at least 1; 1 is
+    /// kube-apiserver's scheme). Values above [`WRITES_PER_DERIVED_KEY`] are lowered to it, so
+    /// the module docs' bound holds.
+    pub fn with_writes_per_derived_key(
+        name: &str,
+        service: Arc<dyn KeyService>,
+        rng: Arc<dyn RandomSource>,
+        writes: u64,
+    ) -> Self {
         Self::build(
             name,
             service,
             rng,
             HKDF_SHA256_XNONCE_AES_GCM_SEED,
-            WRITES_PER_DERIVED_KEY,
+            writes.clamp(1, WRITES_PER_DERIVED_KEY),
         )
     }
 
