@@ -183,7 +183,10 @@ fn unhealthy_status_does_not_extend_the_write_window_kubernetes_138950() {
         text.ends_with(&format!("; key_id {}", key_id_hash("k1"))),
         "{text}"
     );
-    assert!(!text.contains("\"k1\""), "the key_id only as its hash: {text}");
+    assert!(
+        !text.contains("\"k1\""),
+        "the key_id only as its hash: {text}"
+    );
     // Reads go on.
     assert_eq!(open(&t, &before).unwrap(), b"before");
     // Healthy again, same key_id: the same seed, no new Encrypt, writes resume.
@@ -235,10 +238,17 @@ fn unhealthy_status_with_a_new_key_id_does_not_rotate_the_seed() {
         a.healthz = "degraded".into();
     });
     assert!(t.refresh().is_err());
-    assert_eq!(plugin.encrypts(), encrypts, "no Encrypt for an unhealthy plugin");
+    assert_eq!(
+        plugin.encrypts(),
+        encrypts,
+        "no Encrypt for an unhealthy plugin"
+    );
     assert_eq!(t.current_key_id().as_deref(), Some("k1"));
     plugin.set(|a| a.healthz = "ok".into());
-    assert!(t.refresh().unwrap(), "healthy with a new key_id: a new seed");
+    assert!(
+        t.refresh().unwrap(),
+        "healthy with a new key_id: a new seed"
+    );
     assert_eq!(plugin.encrypts(), encrypts + 1);
     assert_eq!(t.current_key_id().as_deref(), Some("k2"));
     assert_eq!(object(&seal(&t, b"v").unwrap()).key_id, "k2");
@@ -314,7 +324,10 @@ fn the_seed_cache_is_bounded_and_evicts_the_least_recently_used() {
     let reader = KmsV2::with_key_reuse("lru", plugin.clone(), rng());
     reader.set_seed_cache_capacity(2);
     let read = |i: usize| {
-        assert_eq!(open(&reader, &values[i]).unwrap(), format!("v{i}").as_bytes());
+        assert_eq!(
+            open(&reader, &values[i]).unwrap(),
+            format!("v{i}").as_bytes()
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     read(0);
@@ -374,7 +387,11 @@ fn the_current_write_seed_is_never_evicted_nor_aged_out() {
     assert_ne!(reencoded, own);
     assert_eq!(open(&t, &reencoded).unwrap(), b"own");
     assert_eq!(open(&t, &own).unwrap(), b"own");
-    assert_eq!(plugin.decrypts(), decrypts, "the write seed needs no Decrypt");
+    assert_eq!(
+        plugin.decrypts(),
+        decrypts,
+        "the write seed needs no Decrypt"
+    );
     assert!(t.seeds_cached() <= 1);
 }
 
@@ -383,7 +400,11 @@ fn concurrent_misses_on_one_seed_make_one_decrypt() {
     let plugin = Plugin::new("k1");
     let values = values_under_seeds("single-flight", &plugin, 1);
     plugin.set(|a| a.decrypt_delay = Duration::from_millis(200));
-    let reader = Arc::new(KmsV2::with_key_reuse("single-flight", plugin.clone(), rng()));
+    let reader = Arc::new(KmsV2::with_key_reuse(
+        "single-flight",
+        plugin.clone(),
+        rng(),
+    ));
     let start = Arc::new(Barrier::new(8));
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -547,7 +568,9 @@ impl KmsConnector for Connector {
         Ok(self.0.clone())
     }
     fn v1(&self, _c: &KmsConfiguration) -> Result<Arc<dyn KeyServiceV1>, KeyServiceError> {
-        Err(KeyServiceError::Unavailable("no kms v1 in this test".into()))
+        Err(KeyServiceError::Unavailable(
+            "no kms v1 in this test".into(),
+        ))
     }
 }
 
@@ -587,7 +610,10 @@ fn kms_only_keyspace_seals_uncovered_keys_with_the_all_rule() {
     let plugin = Plugin::new("k1");
     let cfg = config(vec![
         (&["secrets"], vec![kms("ks-secrets")]),
-        (&["*.*"], vec![kms("ks-all"), ProviderConfiguration::Identity]),
+        (
+            &["*.*"],
+            vec![kms("ks-all"), ProviderConfiguration::Identity],
+        ),
     ]);
     assert!(kms_seals_everything(&cfg));
     let ks = Keyspace::new_kms_only(&cfg, "/registry", &Connector(plugin.clone()), rng()).unwrap();
@@ -655,8 +681,8 @@ fn kms_only_refuses_other_configurations_saying_why() {
 #[test]
 fn the_default_key_is_not_in_kms_health_and_has_no_write_window() {
     let rng = rng();
-    let svc = coffer_seal::LocalKeyService::new(&SecretBytes::new(vec![3; 32]), rng.clone())
-        .unwrap();
+    let svc =
+        coffer_seal::LocalKeyService::new(&SecretBytes::new(vec![3; 32]), rng.clone()).unwrap();
     let plugin = Plugin::new("k1");
     let cfg = config(vec![(&["secrets"], vec![kms("beside-default")])]);
     let ks = Keyspace::new(

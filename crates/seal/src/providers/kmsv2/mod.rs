@@ -55,7 +55,7 @@ pub mod object;
 mod window;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,8 @@ pub struct KmsV2 {
     write_type: i32,
     writes_per_key: u64,
     state: RwLock<Option<Arc<WriteState>>>,
+    /// The write state's tail length (for [`Transformer::overhead`] without a lock).
+    tail_len: AtomicUsize,
     health: Arc<Health>,
     cache: SeedCache<CachedKey>,
 }
@@ -169,6 +171,7 @@ impl KmsV2 {
             write_type,
             writes_per_key,
             state: RwLock::new(None),
+            tail_len: AtomicUsize::new(256),
             health: Health::new(name),
             cache: SeedCache::new(MAX_CACHED_KEYS, gauge),
         }
@@ -344,6 +347,7 @@ impl KmsV2 {
         };
         self.health.mark_healthy(received);
         if let Some(s) = new_state {
+            self.tail_len.store(s.tail.len(), Ordering::Relaxed);
             *self.state.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(s));
         }
         Ok(rotate)
@@ -572,6 +576,6 @@ impl Transformer for KmsV2 {
     }
 
     fn overhead(&self) -> usize {
-        INFO_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + 16 + self.current().map_or(256, |s| s.tail.len())
+        INFO_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + 16 + self.tail_len.load(Ordering::Relaxed)
     }
 }
