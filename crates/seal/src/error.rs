@@ -96,16 +96,18 @@ pub enum TransformError {
     /// KMS v2: the write window closed (no fully healthy Status for longer than the window);
     /// reads go on. Names the provider, the key_id's hash and the times.
     #[error(
-        "kms v2 provider {name:?}: writes stopped: no healthy Status from the plugin for {since} \
-         (write window {window}); key_id {key_id_hash}"
+        "kms v2 provider {name:?}: writes stopped: no healthy Status from the plugin for {} \
+         (write window {}); key_id {key_id_hash}",
+        crate::providers::kmsv2::show_ms(*since_ms),
+        crate::providers::kmsv2::show_ms(*window_ms)
     )]
     KmsV2WritesStopped {
         /// The provider name.
         name: String,
-        /// Time since the last fully healthy Status, e.g. `190 s`.
-        since: String,
-        /// The write window, e.g. `180 s`.
-        window: String,
+        /// Milliseconds since the last fully healthy Status (shown as e.g. `190 s`).
+        since_ms: u64,
+        /// The write window in milliseconds.
+        window_ms: u64,
         /// The write state's key_id as `sha256:…`.
         key_id_hash: String,
     },

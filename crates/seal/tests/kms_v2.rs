@@ -44,6 +44,9 @@ struct Answers {
     decrypt_delay: Duration,
 }
 
+/// Where a Decrypt reports its arrival, and where it waits for leave to answer.
+type Rendezvous = (mpsc::Sender<()>, Arc<Mutex<mpsc::Receiver<()>>>);
+
 /// A KMS v2 plugin in process: wraps by base64 under a `key_id:` prefix (the data keys are test
 /// keys), counts its calls, and can make two Decrypts meet before either answers.
 #[derive(Debug)]
@@ -52,7 +55,7 @@ struct Plugin {
     encrypts: AtomicUsize,
     decrypts: AtomicUsize,
     /// When set, each Decrypt reports on the first channel and waits on the second.
-    rendezvous: Mutex<Option<(mpsc::Sender<()>, Arc<Mutex<mpsc::Receiver<()>>>)>>,
+    rendezvous: Mutex<Option<Rendezvous>>,
 }
 
 impl Plugin {

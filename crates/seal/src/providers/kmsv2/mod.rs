@@ -68,8 +68,9 @@ use self::cache::{CacheKey, Entry, SeedCache};
 pub use self::derived::READ_KEYS_PER_SEED;
 use self::derived::{ReadKeys, WriteKeys};
 use self::object::{EncryptedObject, AES_GCM_KEY, HKDF_SHA256_XNONCE_AES_GCM_SEED};
+pub use self::window::show_ms;
+use self::window::Health;
 pub use self::window::DEFAULT_WRITE_WINDOW;
-use self::window::{show_secs, Health};
 use super::aes::{GcmKey, GCM_NONCE_LEN, GCM_TAG_LEN};
 use super::{prefixes, PrefixTransformer, Read, Source, Transformer};
 use crate::error::TransformError;
@@ -101,7 +102,7 @@ struct CachedKey {
 }
 
 enum WriteKey {
-    Seed(WriteKeys),
+    Seed(Box<WriteKeys>),
     Key { gcm: GcmKey, counter: AtomicU64 },
 }
 
@@ -374,7 +375,7 @@ impl KmsV2 {
         let (write_key, read_key) = if self.write_type == HKDF_SHA256_XNONCE_AES_GCM_SEED {
             let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &secret[..]);
             (
-                WriteKey::Seed(WriteKeys::new(prk.clone(), self.writes_per_key)),
+                WriteKey::Seed(Box::new(WriteKeys::new(prk.clone(), self.writes_per_key))),
                 Unwrapped::Seed {
                     prk,
                     reads: ReadKeys::new(),
@@ -464,12 +465,11 @@ impl KmsV2 {
     }
 
     fn writes_stopped(&self, state: &WriteState, closed: window::Closed) -> TransformError {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         TransformError::KmsV2WritesStopped {
             name: self.name.clone(),
-            since: closed
-                .since
-                .map_or_else(|| "ever".to_owned(), |d| show_secs(d)),
-            window: show_secs(closed.window),
+            since_ms: closed.since.map_or(u64::MAX, ms),
+            window_ms: ms(closed.window),
             key_id_hash: state.key_id_hash.clone(),
         }
     }

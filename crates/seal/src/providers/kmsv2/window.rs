@@ -163,8 +163,13 @@ impl Health {
     }
 }
 
-/// `190 s`, or `0.4 s` below ten seconds.
-pub(crate) fn show_secs(d: Duration) -> String {
+/// A duration in milliseconds for an error message: `190 s`, `0.4 s` below ten seconds, and
+/// `ever` for `u64::MAX` (no healthy Status at all).
+pub fn show_ms(ms: u64) -> String {
+    if ms == u64::MAX {
+        return "ever".to_owned();
+    }
+    let d = Duration::from_millis(ms);
     if d >= Duration::from_secs(10) {
         format!("{} s", d.as_secs())
     } else {
@@ -208,7 +213,8 @@ mod tests {
 
     #[test]
     fn seconds_read_well() {
-        assert_eq!(show_secs(Duration::from_millis(190_400)), "190 s");
-        assert_eq!(show_secs(Duration::from_millis(400)), "0.4 s");
+        assert_eq!(show_ms(190_400), "190 s");
+        assert_eq!(show_ms(400), "0.4 s");
+        assert_eq!(show_ms(u64::MAX), "ever");
     }
 }
