@@ -316,12 +316,6 @@ impl KmsV2 {
             format!("failed to perform status section of the healthz check for KMS Provider {name}, error: {e}")
         })?;
         let received = Instant::now();
-        if status.healthz != "ok" {
-            return Err(format!(
-                "kmsv2 Provider {name} is not healthy, error: got unexpected healthz status: {}",
-                status.healthz
-            ));
-        }
         if status.version != "v2" && status.version != "v2beta1" {
             return Err(format!(
                 "kmsv2 Provider {name} is not healthy, error: expected KMSv2 API version v2, got {}",
@@ -331,6 +325,12 @@ impl KmsV2 {
         self.health
             .check_version(&status.version)
             .map_err(|e| format!("kmsv2 Provider {name} is not healthy, error: {e}"))?;
+        if status.healthz != "ok" {
+            return Err(format!(
+                "kmsv2 Provider {name} is not healthy, error: got unexpected healthz status: {}",
+                status.healthz
+            ));
+        }
         object::validate_key_id(&status.key_id).map_err(|e| {
             format!(
                 "got invalid KMSv2 KeyID hash {:?}: {e}",
@@ -348,6 +348,8 @@ impl KmsV2 {
         };
         self.health.mark_healthy(received);
         if let Some(s) = new_state {
+            tracing::info!(provider = %self.name, key_id_hash = %s.key_id_hash,
+                source_type = type_name(s.source_type), "kms v2: new data key seed for writes");
             self.tail_len.store(s.tail.len(), Ordering::Relaxed);
             *self.state.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(s));
         }
