@@ -327,7 +327,11 @@ impl Keyspace {
 
     /// Whether a resource rule of the configuration covers `etcd_key`.
     pub fn is_covered(&self, etcd_key: &[u8]) -> bool {
-        !std::ptr::eq(self.rule(etcd_key), &*self.uncovered)
+        resource_for_key(&self.etcd_prefix, etcd_key).is_some_and(|gr| {
+            self.exact.contains_key(&gr)
+                || self.groups.contains_key(&gr.group)
+                || self.all.is_some()
+        })
     }
 
     /// The name of the rule covering `etcd_key` and the provider that writes it.

@@ -621,6 +621,8 @@ fn kms_only_keyspace_seals_uncovered_keys_with_the_all_rule() {
     assert!(kms_seals_everything(&cfg));
     let ks = Keyspace::new_kms_only(&cfg, "/registry", &Connector(plugin.clone()), rng()).unwrap();
     assert!(!ks.has_default());
+    assert!(ks.is_covered(b"/registry/configmaps/ns/a"));
+    assert!(!ks.is_covered(b"compact_rev_key"));
     for key in ["compact_rev_key", "/other/x", "/registry/configmaps/ns/a"] {
         let s = ks.seal(key.as_bytes(), b"v").unwrap();
         assert!(s.starts_with(b"k8s:enc:kms:v2:ks-all:"), "{key}");

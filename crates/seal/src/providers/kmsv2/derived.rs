@@ -120,9 +120,9 @@ pub const READ_KEYS_PER_SEED: usize = 16;
 
 struct ReadSlot {
     key: RwLock<Option<([u8; INFO_LEN], GcmKey)>>,
-    /// The first 8 bytes of the last info that missed here: a key is kept only when its info
-    /// misses twice, so values written one info per value (kube-apiserver's) never take the
-    /// slot's write lock.
+    /// The first 8 bytes of the last info that missed here. A key replaces the slot's key only
+    /// when its info misses twice in a row, so a seed whose values each have their own info
+    /// (kube-apiserver's writer) takes a slot's write lock once, to fill it, and never again.
     last_miss: AtomicU64,
 }
 
@@ -166,11 +166,96 @@ impl ReadKeys {
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&info[..8]);
         let fp = u64::from_le_bytes(fp);
-        if slot.last_miss.swap(fp, Ordering::Relaxed) == fp {
+        let again = slot.last_miss.swap(fp, Ordering::Relaxed) == fp;
+        if again
+            || slot
+                .key
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none()
+        {
             if let Ok(mut cached) = slot.key.try_write() {
                 *cached = Some((info, key));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SystemRandom;
+
+    fn prk() -> hkdf::Prk {
+        hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &[7u8; 32])
+    }
+
+    /// A value for slot 0 under `info_byte` (first info byte 0, the rest `info_byte`).
+    fn value(keys: &WriteKeys, info_byte: u8) -> Vec<u8> {
+        let mut info = [info_byte; INFO_LEN];
+        info[0] = 0;
+        let key = derive(&keys.prk, &info).unwrap();
+        let mut out = info.to_vec();
+        key.seal_append([1; GCM_NONCE_LEN], b"k", b"plain", &mut out)
+            .unwrap();
+        out
+    }
+
+    fn cached_info(reads: &ReadKeys) -> Option<u8> {
+        reads.slots[0]
+            .key
+            .read()
+            .unwrap()
+            .as_ref()
+            .map(|(i, _)| i[1])
+    }
+
+    #[test]
+    fn a_slot_fills_when_empty_and_changes_only_for_an_info_seen_twice_in_a_row() {
+        let keys = WriteKeys::new(prk(), 1);
+        let reads = ReadKeys::new();
+        let open = |v: &[u8]| {
+            let mut buf = v.to_vec();
+            reads.open(&keys.prk, &mut buf, b"k").unwrap();
+            assert_eq!(buf, b"plain");
+        };
+        let (a, b, c) = (value(&keys, 1), value(&keys, 2), value(&keys, 3));
+        open(&a);
+        assert_eq!(cached_info(&reads), Some(1), "empty slot filled");
+        open(&b);
+        open(&c);
+        open(&b);
+        assert_eq!(cached_info(&reads), Some(1), "one info per value: kept");
+        open(&b);
+        assert_eq!(cached_info(&reads), Some(2), "twice in a row: replaced");
+        open(&b);
+        // A tampered value under a cached info still fails.
+        let mut bad = b.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(reads.open(&keys.prk, &mut bad, b"k").is_err());
+        let mut short = vec![0u8; 10];
+        assert!(matches!(
+            reads.open(&keys.prk, &mut short, b"k"),
+            Err(TransformError::ShortData)
+        ));
+    }
+
+    #[test]
+    fn the_writer_draws_a_new_info_after_n_writes() {
+        let rng = SystemRandom::new().unwrap();
+        let keys = WriteKeys::new(prk(), 2);
+        let infos: Vec<Vec<u8>> = (0..5)
+            .map(|_| {
+                let mut out = Vec::new();
+                keys.seal(&rng, b"k", b"v", &mut out).unwrap();
+                out[2..2 + INFO_LEN].to_vec()
+            })
+            .collect();
+        assert_eq!(infos[0], infos[1]);
+        assert_ne!(infos[1], infos[2]);
+        assert_eq!(infos[2], infos[3]);
+        assert_ne!(infos[3], infos[4]);
     }
 }

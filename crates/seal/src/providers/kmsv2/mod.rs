@@ -258,6 +258,8 @@ impl KmsV2 {
 
     /// Sets the maximum age of a cached seed (`None`, the default: no expiry). An older entry
     /// is unwrapped again by the plugin on its next use; the current write seed is exempt.
+    /// The price: while the plugin is down, values under seeds older than this cannot be read
+    /// (kubernetes #132967), which is why there is no expiry by default.
     pub fn set_seed_max_age(&self, max_age: Option<Duration>) {
         self.cache.set_max_age(max_age);
     }
