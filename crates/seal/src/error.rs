@@ -93,6 +93,24 @@ pub enum TransformError {
         /// What failed.
         reason: String,
     },
+    /// KMS v2: the write window closed (no fully healthy Status for longer than the window);
+    /// reads go on. Names the provider, the key_id's hash and the times.
+    #[error(
+        "kms v2 provider {name:?}: writes stopped: no healthy Status from the plugin for {} \
+         (write window {}); key_id {key_id_hash}",
+        crate::providers::kmsv2::show_ms(*since_ms),
+        crate::providers::kmsv2::show_ms(*window_ms)
+    )]
+    KmsV2WritesStopped {
+        /// The provider name.
+        name: String,
+        /// Milliseconds since the last fully healthy Status (shown as e.g. `190 s`).
+        since_ms: u64,
+        /// The write window in milliseconds.
+        window_ms: u64,
+        /// The write state's key_id as `sha256:…`.
+        key_id_hash: String,
+    },
     /// KMS v2 legacy AES_GCM_KEY writes: the nonce counter is exhausted.
     #[error("kms v2 provider {name:?}: nonce counter exhausted; a new data key is required")]
     NonceCounterExhausted {
@@ -215,6 +233,13 @@ pub enum BuildError {
     NoProviders {
         /// The resource string.
         rule: String,
+    },
+    /// [`crate::Keyspace::new_kms_only`] was given a configuration whose `*.*` rule does not
+    /// write with a KMS v2 provider.
+    #[error("cannot seal every key with KMS v2: the configuration {reason}; add a `*.*` rule whose first provider is a kms v2 provider")]
+    NotKmsOnly {
+        /// Why, e.g. "has no `*.*` rule".
+        reason: String,
     },
     /// Connecting a KMS provider to its plugin failed.
     #[error("kms provider {name:?}: {cause}")]

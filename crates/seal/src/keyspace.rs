@@ -11,15 +11,20 @@
 //! - with a default provider (`coffer serve`): sealed and opened with the default provider
 //!   alone, as if the config ended with a `*.*` rule naming it (decisions.md);
 //! - without one (`coffer encrypt`/`decrypt`, as kube-apiserver): plaintext, through a bare
-//!   identity transformer that refuses `k8s:enc:` data.
+//!   identity transformer that refuses `k8s:enc:` data;
+//! - with [`Keyspace::new_kms_only`] (a config whose `*.*` rule writes with KMS v2): the `*.*`
+//!   rule's chain, so every value is sealed under the KMS and no local key exists.
+//!
+//! Metric handles (`coffer_seal_operations_total`) are resolved once per rule and per provider
+//! key; a read or a write only increments a counter, and opening a value under a cached KMS v2
+//! seed takes no exclusive lock.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use coffer_metrics::{record_seal, SealOp, SealResult};
-
-use crate::config::model::EncryptionConfiguration;
+use crate::config::model::{EncryptionConfiguration, KmsApiVersion, ProviderConfiguration};
 use crate::config::{normalize_prefix, resource_for_key, GroupResource};
 use crate::default_key::PROVIDER_NAME;
 use crate::error::{show_key, BuildError, OpenError, SealError, TransformError};
@@ -27,9 +32,10 @@ use crate::key_service::{KeyService, KmsConnector};
 use crate::providers::identity::Identity;
 use crate::providers::kmsv2::KmsV2;
 use crate::providers::{
-    build_counted, NoMatch, PrefixTransformer, PrefixTransformers, Transformer,
+    build_collecting, NoMatch, PrefixTransformer, PrefixTransformers, Transformer,
 };
 use crate::rng::RandomSource;
+use crate::seal_metrics::RuleCounters;
 use crate::write_limit::{WriteCount, WriteCounters, WriteLimits};
 
 /// A successfully opened value.
@@ -42,6 +48,22 @@ pub struct Opened {
     /// Which provider and key opened it, e.g. `aesgcm key "key1"` or
     /// `kms v2 "coffer-default" key_id "…" (HKDF_SHA256_XNONCE_AES_GCM_SEED)`.
     pub provider: Arc<str>,
+}
+
+/// The state of one KMS v2 provider of the configuration ([`Keyspace::kms_health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsHealth {
+    /// The provider's `name` in the configuration.
+    pub provider: String,
+    /// The last refresh succeeded and the write window is open.
+    pub healthy: bool,
+    /// The last refresh's error, if it failed.
+    pub error: Option<String>,
+    /// The write state's key_id as `sha256:…` (none before the first healthy Status).
+    pub key_id_hash: Option<String>,
+    /// Time left before writes stop without a healthy Status (zero once closed; none before
+    /// the first healthy Status).
+    pub write_window_left: Option<Duration>,
 }
 
 /// One provider's part in a [`Diagnosis`].
@@ -85,6 +107,7 @@ struct Rule {
     transformer: Arc<dyn Transformer>,
     entries: Vec<PrefixTransformer>,
     write_label: String,
+    counters: RuleCounters,
 }
 
 impl Rule {
@@ -92,6 +115,7 @@ impl Rule {
         let chain = PrefixTransformers::new(entries.clone(), NoMatch::Prefix);
         Self {
             name,
+            counters: RuleCounters::new(chain.write_label()),
             write_label: chain.write_label().to_owned(),
             transformer: Arc::new(chain),
             entries,
@@ -108,8 +132,19 @@ impl Rule {
                 "identity",
             )],
             write_label: "identity".to_owned(),
+            counters: RuleCounters::new("identity"),
         }
     }
+}
+
+/// What seals keys no rule covers.
+enum Uncovered {
+    /// Coffer's default key (provider `coffer-default`).
+    Default(Arc<dyn KeyService>),
+    /// Plaintext, as kube-apiserver.
+    Plain,
+    /// The `*.*` rule's chain.
+    AllRule,
 }
 
 /// Seals and opens values for a whole etcd keyspace. Cheap to share (`Send + Sync`).
@@ -122,6 +157,10 @@ pub struct Keyspace {
     has_default: bool,
     providers: Vec<PrefixTransformer>,
     counters: WriteCounters,
+    /// The configuration's KMS v2 providers (not the default key).
+    kms_v2: Vec<Arc<KmsV2>>,
+    /// The default key's provider, if any.
+    default_kms: Option<Arc<KmsV2>>,
 }
 
 impl Keyspace {
@@ -135,10 +174,41 @@ impl Keyspace {
         kms: &dyn KmsConnector,
         rng: Arc<dyn RandomSource>,
     ) -> Result<Self, BuildError> {
+        let uncovered = match default {
+            Some(service) => Uncovered::Default(service),
+            None => Uncovered::Plain,
+        };
+        Self::build(config, etcd_prefix, uncovered, kms, rng)
+    }
+
+    /// A keyspace for a configuration whose `*.*` rule writes with a KMS v2 provider: keys no
+    /// rule covers (outside the prefix, such as `compact_rev_key`) are sealed and opened with
+    /// the `*.*` rule's chain, so no local key is needed. Any other configuration is refused
+    /// with [`BuildError::NotKmsOnly`] saying why.
+    pub fn new_kms_only(
+        config: &EncryptionConfiguration,
+        etcd_prefix: &str,
+        kms: &dyn KmsConnector,
+        rng: Arc<dyn RandomSource>,
+    ) -> Result<Keyspace, BuildError> {
+        if let Err(reason) = all_rule_writer(config) {
+            return Err(BuildError::NotKmsOnly { reason });
+        }
+        Self::build(config, etcd_prefix, Uncovered::AllRule, kms, rng)
+    }
+
+    fn build(
+        config: &EncryptionConfiguration,
+        etcd_prefix: &str,
+        uncovered: Uncovered,
+        kms: &dyn KmsConnector,
+        rng: Arc<dyn RandomSource>,
+    ) -> Result<Self, BuildError> {
         // Build each provider once.
         let mut built: Vec<Vec<PrefixTransformer>> = Vec::with_capacity(config.resources.len());
         let mut providers = Vec::new();
         let counters = WriteCounters::default();
+        let mut kms_v2 = Vec::new();
         for entry in &config.resources {
             if entry.providers.is_empty() {
                 return Err(BuildError::NoProviders {
@@ -148,7 +218,7 @@ impl Keyspace {
             let list = entry
                 .providers
                 .iter()
-                .map(|p| build_counted(p, kms, &rng, &counters))
+                .map(|p| build_collecting(p, kms, &rng, &counters, &mut kms_v2))
                 .collect::<Result<Vec<_>, _>>()?;
             providers.extend(list.iter().cloned());
             built.push(list);
@@ -187,22 +257,28 @@ impl Keyspace {
                 }
             }
         }
-        let has_default = default.is_some();
-        let uncovered = match default {
-            Some(service) => {
-                let t = KmsV2::new(PROVIDER_NAME, service, rng.clone());
+        let has_default = matches!(uncovered, Uncovered::Default(_));
+        let mut default_kms = None;
+        let uncovered = match uncovered {
+            Uncovered::Default(service) => {
+                let t = Arc::new(KmsV2::with_key_reuse(PROVIDER_NAME, service, rng.clone()));
+                t.disable_write_window();
                 t.refresh().map_err(|e| BuildError::Kms {
                     name: PROVIDER_NAME.to_owned(),
                     cause: crate::key_service::KeyServiceError::Failed(e.to_string()),
                 })?;
-                let entry = t.into_prefix_transformer();
+                let entry = t.prefix_transformer();
+                default_kms = Some(t);
                 providers.push(entry.clone());
                 Arc::new(Rule::chain(
                     "default (no rule covers this key: Coffer's default key)".to_owned(),
                     vec![entry],
                 ))
             }
-            None => Arc::new(Rule::bare_identity()),
+            Uncovered::Plain => Arc::new(Rule::bare_identity()),
+            Uncovered::AllRule => all.clone().ok_or_else(|| BuildError::NotKmsOnly {
+                reason: "has no `*.*` rule".to_owned(),
+            })?,
         };
         Ok(Self {
             etcd_prefix: normalize_prefix(etcd_prefix),
@@ -213,6 +289,8 @@ impl Keyspace {
             has_default,
             providers,
             counters,
+            kms_v2,
+            default_kms,
         })
     }
 
@@ -249,7 +327,11 @@ impl Keyspace {
 
     /// Whether a resource rule of the configuration covers `etcd_key`.
     pub fn is_covered(&self, etcd_key: &[u8]) -> bool {
-        !std::ptr::eq(self.rule(etcd_key), &*self.uncovered)
+        resource_for_key(&self.etcd_prefix, etcd_key).is_some_and(|gr| {
+            self.exact.contains_key(&gr)
+                || self.groups.contains_key(&gr.group)
+                || self.all.is_some()
+        })
     }
 
     /// The name of the rule covering `etcd_key` and the provider that writes it.
@@ -262,11 +344,10 @@ impl Keyspace {
     pub fn seal(&self, etcd_key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let rule = self.rule(etcd_key);
         let sealed = rule.transformer.to_storage(plaintext, etcd_key);
-        let result = match sealed {
-            Ok(_) => SealResult::Ok,
-            Err(_) => SealResult::Error,
-        };
-        record_seal(SealOp::Seal, &rule.write_label, result);
+        match sealed {
+            Ok(_) => rule.counters.seal_ok.inc(),
+            Err(_) => rule.counters.seal_error.inc(),
+        }
         sealed.map_err(|cause| SealError {
             key: show_key(etcd_key),
             provider: rule.write_label.clone(),
@@ -279,12 +360,7 @@ impl Keyspace {
         let rule = self.rule(etcd_key);
         match rule.transformer.from_storage(stored, etcd_key) {
             Ok(r) => {
-                let result = if r.stale {
-                    SealResult::Stale
-                } else {
-                    SealResult::Ok
-                };
-                record_seal(SealOp::Open, &r.source, result);
+                r.counters.record(r.stale);
                 Ok(Opened {
                     plaintext: r.plaintext,
                     stale: r.stale,
@@ -293,7 +369,7 @@ impl Keyspace {
             }
             Err(cause) => {
                 // No provider opened it: counted under the rule's writing provider.
-                record_seal(SealOp::Open, &rule.write_label, SealResult::Error);
+                rule.counters.open_error.inc();
                 coffer_metrics::metrics().decrypt_failures.inc();
                 Err(OpenError {
                     key: show_key(etcd_key),
@@ -347,6 +423,29 @@ impl Keyspace {
             .collect()
     }
 
+    /// One entry per KMS v2 provider of the configuration (not Coffer's default key), in
+    /// configuration order: healthy when its last refresh succeeded and its write window is
+    /// open.
+    pub fn kms_health(&self) -> Vec<KmsHealth> {
+        self.kms_v2.iter().map(|k| k.health()).collect()
+    }
+
+    /// Sets the write window of every KMS v2 provider of the configuration (default 3 min;
+    /// Coffer's default key, in process, has none).
+    pub fn set_kms_write_window(&self, window: Duration) {
+        for k in &self.kms_v2 {
+            k.set_write_window(window);
+        }
+    }
+
+    /// Sets the maximum age of cached KMS v2 seeds, default key included (`None`, the
+    /// default: no expiry; see [`KmsV2::set_seed_max_age`]).
+    pub fn set_seed_max_age(&self, max_age: Option<Duration>) {
+        for k in self.kms_v2.iter().chain(self.default_kms.iter()) {
+            k.set_seed_max_age(max_age);
+        }
+    }
+
     /// Whether a default provider seals uncovered keys.
     pub fn has_default(&self) -> bool {
         self.has_default
@@ -378,6 +477,39 @@ impl Keyspace {
     /// The write limits in force.
     pub fn write_limits(&self) -> WriteLimits {
         self.counters.limits()
+    }
+}
+
+/// Whether `config`'s `*.*` rule writes with a KMS v2 provider, so that
+/// [`Keyspace::new_kms_only`] accepts it and every value (uncovered keys included) can be
+/// sealed under the KMS. Rules for particular resources may still choose other providers.
+pub fn kms_seals_everything(config: &EncryptionConfiguration) -> bool {
+    all_rule_writer(config).is_ok()
+}
+
+/// The name of the KMS v2 provider writing the `*.*` rule, or why there is none.
+fn all_rule_writer(config: &EncryptionConfiguration) -> Result<&str, String> {
+    let entry = config
+        .resources
+        .iter()
+        .find(|e| e.resources.iter().any(|r| r == "*.*"))
+        .ok_or_else(|| "has no `*.*` rule".to_owned())?;
+    match entry.providers.first() {
+        Some(ProviderConfiguration::Kms(k)) if k.api_version == KmsApiVersion::V2 => Ok(&k.name),
+        Some(ProviderConfiguration::Kms(k)) => Err(format!(
+            "writes `*.*` with kms v1 provider {:?}, which cannot write",
+            k.name
+        )),
+        Some(other) => Err(format!(
+            "writes `*.*` with {}, not a kms v2 provider",
+            match other {
+                ProviderConfiguration::AesGcm(_) => "aesgcm",
+                ProviderConfiguration::AesCbc(_) => "aescbc",
+                ProviderConfiguration::Secretbox(_) => "secretbox",
+                _ => "identity",
+            }
+        )),
+        None => Err("has a `*.*` rule with no providers".to_owned()),
     }
 }
 

@@ -21,13 +21,14 @@ pub mod key_service;
 pub mod keyspace;
 pub mod providers;
 pub mod rng;
+mod seal_metrics;
 pub mod secret;
 pub mod write_limit;
 
 pub use default_key::DefaultKey;
 pub use error::{BuildError, OpenError, SealError, TransformError};
 pub use key_service::{KeyService, LocalKeyService};
-pub use keyspace::{Keyspace, Opened};
+pub use keyspace::{kms_seals_everything, Keyspace, KmsHealth, Opened};
 pub use rng::{RandomSource, SystemRandom};
 pub use secret::SecretBytes;
 pub use write_limit::{WriteCount, WriteLimits};

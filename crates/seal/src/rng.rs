@@ -7,9 +7,10 @@
 //! user space. A user-space generator seeded once is replayed by a restored VM snapshot, a
 //! cloned machine or a forked process, and a replayed stream means the same nonce under the
 //! same key. The price is one system call per value: 0.4–0.7 µs against 12–34 ns for a
-//! user-space ChaCha20 (`benches/providers.rs`, group `random`, on a busy 2-core machine). A
-//! default-key (KMS v2) write draws two values, about 1 µs, 2–3 % of a put through the store
-//! at 64 clients (36–47 µs per put) and 0.3 % of a single-client put; an aesgcm write draws one.
+//! user-space ChaCha20 (`benches/providers.rs`, group `random`, on a busy 2-core machine). An
+//! aesgcm write draws one value (its nonce), about 0.5 µs; so does a KMS v2 write by Coffer's
+//! writer (the info is drawn once per derived key, see `providers::kmsv2`), while
+//! kube-apiserver's one-info-per-write scheme draws two.
 //!
 //! What remains is the kernel's part: a VM snapshot restored between two `getrandom` calls is
 //! handled by the kernel reseeding its generator when the hypervisor signals it (Linux's

@@ -18,7 +18,7 @@ use cbc::cipher::block_padding::{NoPadding, Pkcs7};
 use cbc::cipher::{BlockDecryptMut, BlockEncryptMut, InnerIvInit};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
 
-use super::{Read, Transformer};
+use super::{Read, Source, Transformer};
 use crate::error::{BuildError, TransformError};
 use crate::rng::RandomSource;
 use crate::secret::SecretBytes;
@@ -168,7 +168,7 @@ impl fmt::Debug for GcmKey {
 pub struct AesGcm {
     key: GcmKey,
     rng: Arc<dyn RandomSource>,
-    label: Arc<str>,
+    source: Source,
     writes: Arc<KeyCounter>,
 }
 
@@ -190,7 +190,7 @@ impl AesGcm {
         Ok(Self {
             key,
             rng,
-            label,
+            source: Source::new(label),
             writes: counters.counter(name, secret),
         })
     }
@@ -199,7 +199,7 @@ impl AesGcm {
 impl fmt::Debug for AesGcm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AesGcm")
-            .field("label", &self.label)
+            .field("label", self.source.label())
             .field("key", &crate::error::Redacted("key"))
             .finish()
     }
@@ -207,11 +207,7 @@ impl fmt::Debug for AesGcm {
 
 impl Transformer for AesGcm {
     fn from_storage(&self, data: &[u8], etcd_key: &[u8]) -> Result<Read, TransformError> {
-        Ok(Read {
-            plaintext: self.key.open(data, etcd_key)?,
-            stale: false,
-            source: self.label.clone(),
-        })
+        Ok(self.source.read(self.key.open(data, etcd_key)?, false))
     }
 
     fn to_storage_into(
@@ -332,7 +328,7 @@ impl fmt::Debug for CbcKey {
 pub struct AesCbc {
     key: CbcKey,
     rng: Arc<dyn RandomSource>,
-    label: Arc<str>,
+    source: Source,
 }
 
 impl AesCbc {
@@ -348,14 +344,18 @@ impl AesCbc {
             len: secret.len(),
             expected: "[16 24 32]",
         })?;
-        Ok(Self { key, rng, label })
+        Ok(Self {
+            key,
+            rng,
+            source: Source::new(label),
+        })
     }
 }
 
 impl fmt::Debug for AesCbc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AesCbc")
-            .field("label", &self.label)
+            .field("label", self.source.label())
             .field("key", &crate::error::Redacted("key"))
             .finish()
     }
@@ -363,11 +363,7 @@ impl fmt::Debug for AesCbc {
 
 impl Transformer for AesCbc {
     fn from_storage(&self, data: &[u8], _etcd_key: &[u8]) -> Result<Read, TransformError> {
-        Ok(Read {
-            plaintext: self.key.open(data)?,
-            stale: false,
-            source: self.label.clone(),
-        })
+        Ok(self.source.read(self.key.open(data)?, false))
     }
 
     fn to_storage_into(

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use super::aes::{CbcKey, GcmKey};
-use super::{Read, Transformer};
+use super::{Read, Source, Transformer};
 use crate::error::TransformError;
 use crate::key_service::KeyServiceV1;
 
@@ -32,8 +32,8 @@ pub struct KmsV1 {
     service: Arc<dyn KeyServiceV1>,
     cache: Option<Mutex<HashMap<Vec<u8>, Arc<Dek>>>>,
     cache_size: usize,
-    gcm_label: Arc<str>,
-    cbc_label: Arc<str>,
+    gcm_source: Source,
+    cbc_source: Source,
 }
 
 impl KmsV1 {
@@ -45,9 +45,10 @@ impl KmsV1 {
             service,
             cache: (size > 0).then(|| Mutex::new(HashMap::new())),
             cache_size: usize::try_from(size).unwrap_or(0),
-            gcm_label: format!("kms v1 {name:?} (AES-GCM)").into(),
-            cbc_label: format!("kms v1 {name:?} (legacy AES-CBC fallback: unauthenticated, stale)")
-                .into(),
+            gcm_source: Source::new(format!("kms v1 {name:?} (AES-GCM)").into()),
+            cbc_source: Source::new(
+                format!("kms v1 {name:?} (legacy AES-CBC fallback: unauthenticated, stale)").into(),
+            ),
         }
     }
 
@@ -104,21 +105,11 @@ impl Transformer for KmsV1 {
         let payload = &data[2 + len..];
         let dek = self.dek(edek)?;
         let gcm_err = match dek.gcm.open(payload, etcd_key) {
-            Ok(plaintext) => {
-                return Ok(Read {
-                    plaintext,
-                    stale: false,
-                    source: self.gcm_label.clone(),
-                })
-            }
+            Ok(plaintext) => return Ok(self.gcm_source.read(plaintext, false)),
             Err(e) => e,
         };
         match dek.cbc.open(payload) {
-            Ok(plaintext) => Ok(Read {
-                plaintext,
-                stale: true,
-                source: self.cbc_label.clone(),
-            }),
+            Ok(plaintext) => Ok(self.cbc_source.read(plaintext, true)),
             Err(cbc_err) => Err(TransformError::Aggregate(vec![gcm_err, cbc_err])),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Read, Transformer, ENCRYPTED_PREFIX};
+use super::{Read, Source, Transformer, ENCRYPTED_PREFIX};
 use crate::error::TransformError;
 
 /// The identity transformer.
@@ -15,12 +15,10 @@ impl Transformer for Identity {
         if data.starts_with(ENCRYPTED_PREFIX) {
             return Err(TransformError::IdentityReadEncrypted);
         }
-        static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-        Ok(Read {
-            plaintext: data.to_vec(),
-            stale: false,
-            source: LABEL.get_or_init(|| Arc::from("identity")).clone(),
-        })
+        static SOURCE: std::sync::OnceLock<Source> = std::sync::OnceLock::new();
+        Ok(SOURCE
+            .get_or_init(|| Source::new(Arc::from("identity")))
+            .read(data.to_vec(), false))
     }
 
     fn to_storage_into(

@@ -27,6 +27,7 @@ use crate::config::model::{Key, KeysConfiguration, KmsApiVersion, ProviderConfig
 use crate::error::{BuildError, TransformError};
 use crate::key_service::KmsConnector;
 use crate::rng::RandomSource;
+use crate::seal_metrics::OpenCounters;
 use crate::write_limit::WriteCounters;
 
 /// Every encrypted value starts with this; identity refuses to read it.
@@ -41,6 +42,40 @@ pub struct Read {
     pub stale: bool,
     /// Which provider and key opened it (e.g. `aesgcm key "key1"`); public names only.
     pub source: Arc<str>,
+    /// The `open` counters of that provider key, resolved when it was built.
+    pub(crate) counters: Arc<OpenCounters>,
+}
+
+/// Which provider key opens values: its public label and its metric handles, resolved once.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    label: Arc<str>,
+    counters: Arc<OpenCounters>,
+}
+
+impl Source {
+    /// The source labelled `label` (public names only).
+    pub(crate) fn new(label: Arc<str>) -> Self {
+        Self {
+            counters: Arc::new(OpenCounters::new(&label)),
+            label,
+        }
+    }
+
+    /// The label.
+    pub(crate) fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// A read of `plaintext` by this source.
+    pub(crate) fn read(&self, plaintext: Vec<u8>, stale: bool) -> Read {
+        Read {
+            plaintext,
+            stale,
+            source: self.label.clone(),
+            counters: self.counters.clone(),
+        }
+    }
 }
 
 /// One of kube-apiserver's storage transformers.
@@ -243,6 +278,19 @@ pub fn build_counted(
     rng: &Arc<dyn RandomSource>,
     counters: &WriteCounters,
 ) -> Result<PrefixTransformer, BuildError> {
+    build_collecting(provider, kms, rng, counters, &mut Vec::new())
+}
+
+/// [`build_counted`], also handing each KMS v2 provider built to `kms_v2` (the keyspace
+/// reports their health and sets their windows and cache limits). KMS v2 providers write with
+/// [`kmsv2::KmsV2::with_key_reuse`].
+pub(crate) fn build_collecting(
+    provider: &ProviderConfiguration,
+    kms: &dyn KmsConnector,
+    rng: &Arc<dyn RandomSource>,
+    counters: &WriteCounters,
+    kms_v2: &mut Vec<Arc<kmsv2::KmsV2>>,
+) -> Result<PrefixTransformer, BuildError> {
     Ok(match provider {
         ProviderConfiguration::Identity => {
             PrefixTransformer::new(Vec::new(), Arc::new(identity::Identity), "identity")
@@ -300,12 +348,17 @@ pub fn build_counted(
                     name: cfg.name.clone(),
                     cause,
                 })?;
-                let t = kmsv2::KmsV2::new(&cfg.name, service, rng.clone());
+                let t = Arc::new(kmsv2::KmsV2::with_key_reuse(
+                    &cfg.name,
+                    service,
+                    rng.clone(),
+                ));
                 if let Err(e) = t.refresh() {
                     tracing::warn!(provider = %cfg.name, error = %e,
                         "kms v2 provider has no write key yet; reads still work");
                 }
-                t.into_prefix_transformer()
+                kms_v2.push(t.clone());
+                t.prefix_transformer()
             }
         },
     })

@@ -9,7 +9,7 @@ use crypto_secretbox::aead::generic_array::GenericArray;
 use crypto_secretbox::aead::{AeadInPlace, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
 
-use super::{Read, Transformer};
+use super::{Read, Source, Transformer};
 use crate::error::{BuildError, TransformError};
 use crate::rng::RandomSource;
 use crate::secret::SecretBytes;
@@ -23,7 +23,7 @@ pub const TAG_LEN: usize = 16;
 pub struct Secretbox {
     cipher: XSalsa20Poly1305,
     rng: Arc<dyn RandomSource>,
-    label: Arc<str>,
+    source: Source,
 }
 
 impl Secretbox {
@@ -43,14 +43,18 @@ impl Secretbox {
             return Err(err());
         }
         let cipher = XSalsa20Poly1305::new_from_slice(secret.expose_secret()).map_err(|_| err())?;
-        Ok(Self { cipher, rng, label })
+        Ok(Self {
+            cipher,
+            rng,
+            source: Source::new(label),
+        })
     }
 }
 
 impl fmt::Debug for Secretbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Secretbox")
-            .field("label", &self.label)
+            .field("label", self.source.label())
             .field("key", &crate::error::Redacted("key"))
             .finish()
     }
@@ -67,11 +71,7 @@ impl Transformer for Secretbox {
         self.cipher
             .decrypt_in_place_detached(nonce, b"", &mut buf, tag)
             .map_err(|_| TransformError::SecretboxOpenFailed)?;
-        Ok(Read {
-            plaintext: buf,
-            stale: false,
-            source: self.label.clone(),
-        })
+        Ok(self.source.read(buf, false))
     }
 
     fn to_storage_into(

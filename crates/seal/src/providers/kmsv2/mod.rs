@@ -4,69 +4,132 @@
 //! Reads accept both DEK source types: `AES_GCM_KEY` (the unwrapped 32 bytes are the AES key,
 //! `encryptedData` = `nonce ‖ ct ‖ tag`) and `HKDF_SHA256_XNONCE_AES_GCM_SEED` (the unwrapped
 //! bytes are an HKDF-SHA256 PRK; `encryptedData` = `info(32) ‖ nonce(12) ‖ ct ‖ tag`, key =
-//! HKDF-Expand(seed, info), no Extract). The etcd key is the GCM additional data. Unwrapped
-//! DEKs/seeds are cached by upstream's cache key, so a read calls the plugin once per distinct
-//! `encryptedDEKSource`. A read is stale when its keyID or source type differs from the
-//! current write state.
+//! HKDF-Expand(seed, info), no Extract). The etcd key is the GCM additional data. A read is
+//! stale when its keyID or source type differs from the current write state. Unlike upstream,
+//! reads work before the first successful Status (only writes need the write state); such
+//! reads report `stale = false`.
 //!
-//! Writes use a write state made by [`KmsV2::refresh`]: Status, then (on a new key_id) a
-//! 32-byte seed drawn once and wrapped by the plugin's Encrypt; per write 32 bytes of info
-//! and a 12-byte nonce, in that order, as upstream draws them. The legacy `AES_GCM_KEY`
-//! writer (4 random bytes ‖ u64 LE counter from 1 000 000 001) exists only to reproduce
-//! upstream vectors and sits behind [`KmsV2::dangerous_legacy_aes_gcm_key_writes`].
+//! - Unwrapped seeds are cached by upstream's cache key in a bounded, least-recently-used,
+//!   single-flight cache with an optional maximum age ([`cache`]). A value written by the
+//!   current write state is recognised by its bytes (the encoded fields 2–5 are the state's)
+//!   and opened without decoding the protobuf, hashing the cache key or taking any exclusive
+//!   lock.
+//! - Writes use a write state made by [`KmsV2::refresh`]: Status, then (on a new key_id) a
+//!   32-byte seed drawn once and wrapped by the plugin's Encrypt. Writes stop
+//!   [`KmsV2::set_write_window`] after the last fully healthy Status ([`window`]).
+//! - Per write, [`KmsV2::new`] draws 32 bytes of info and a 12-byte nonce, in that order, as
+//!   kube-apiserver does. Coffer's writer, [`KmsV2::with_key_reuse`], keeps one derived key
+//!   (one info) for [`WRITES_PER_DERIVED_KEY`] writes, each with a fresh random nonce
+//!   ([`derived`]); readers keep [`READ_KEYS_PER_SEED`] derived keys per seed. The legacy
+//!   `AES_GCM_KEY` writer (4 random bytes ‖ u64 LE counter from 1 000 000 001) exists only to
+//!   reproduce upstream vectors and sits behind [`KmsV2::dangerous_legacy_aes_gcm_key_writes`].
 //!
-//! Unlike upstream, reads work before the first successful Status (only writes need the write
-//! state); such reads report `stale = false`.
+//! # Why reusing a derived key for N writes is safe
+//!
+//! - **Nonces under one derived key.** Each of the at most N = 2^20 writes under one derived
+//!   key draws a uniformly random 96-bit nonce. The chance that any two collide is at most
+//!   N²/2^97 = 2^-57, far below NIST SP 800-38D's bound for random nonces (at most 2^-32, which
+//!   it meets by allowing up to 2^32 invocations per key). Summed over a seed's lifetime of W
+//!   writes (⌈W/N⌉ derived keys), the bound is about W·N/2^97: 2^-32 is reached only after
+//!   W = 2^45 (35 trillion) writes under one seed, and a seed lasts until the next restart or
+//!   key_id change.
+//! - **Keys of different infos are independent.** HKDF-Expand keyed by the secret seed is a
+//!   PRF of the info; infos are 256 random bits, so two derived keys coincide only if two infos
+//!   do (probability about K²/2^257 for K infos), and the nonce bound applies per key. A key
+//!   derived for one info says nothing about the key of another.
+//! - **A rewound VM snapshot** restores the in-memory derived key and its use counter, so the
+//!   restored copy may write up to N more values under a key the other branch also used.
+//!   Nonces do not depend on that counter: they come from the kernel per write, which
+//!   reseeds on restore where the hypervisor signals it (`vmgenid`); the bound becomes
+//!   (2N)²/2^97 = 2^-55. Where the kernel's output itself is replayed, nonces and infos repeat
+//!   for kube-apiserver's one-info-per-write scheme and for aesgcm alike ([`crate::rng`]).
+//!
+//! N and [`READ_KEYS_PER_SEED`] were chosen with `benches/providers.rs`: the derivation (HKDF
+//! plus the AES key schedule) costs about as much as sealing 1 KiB, so one derivation per
+//! thousand writes already makes it invisible; N = 2^20 keeps the number of distinct infos in
+//! storage small, so readers hit their per-seed cache of 16 keys.
 
+mod cache;
+mod derived;
 pub mod object;
+mod window;
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use prost::Message;
-use ring::aead::{LessSafeKey, AES_256_GCM};
 use ring::hkdf;
 use zeroize::Zeroizing;
 
+use self::cache::{CacheKey, Entry, SeedCache};
+pub use self::derived::READ_KEYS_PER_SEED;
+use self::derived::{ReadKeys, WriteKeys};
 use self::object::{EncryptedObject, AES_GCM_KEY, HKDF_SHA256_XNONCE_AES_GCM_SEED};
+pub use self::window::show_ms;
+use self::window::Health;
+pub use self::window::DEFAULT_WRITE_WINDOW;
 use super::aes::{GcmKey, GCM_NONCE_LEN, GCM_TAG_LEN};
-use super::{prefixes, PrefixTransformer, Read, Transformer};
+use super::{prefixes, PrefixTransformer, Read, Source, Transformer};
 use crate::error::TransformError;
 use crate::key_service::{new_uid, DecryptRequest, KeyService};
+use crate::keyspace::KmsHealth;
 use crate::rng::RandomSource;
+use coffer_metrics::kms::key_id_hash;
 
-/// Size of the HKDF info drawn per write.
+/// Size of the HKDF info of a derived key.
 pub const INFO_LEN: usize = 32;
 /// Size of the seed/DEK sent to the plugin.
 pub const SEED_LEN: usize = 32;
-/// Upper bound on cached DEKs/seeds (upstream has none; an arbitrary entry is dropped beyond).
-pub const MAX_CACHED_KEYS: usize = 4096;
+/// Default bound on cached seeds/DEKs per provider (least recently used evicted beyond it;
+/// upstream has no bound).
+pub const MAX_CACHED_KEYS: usize = 1024;
+/// Writes under one derived key (one info) by [`KmsV2::with_key_reuse`].
+pub const WRITES_PER_DERIVED_KEY: u64 = 1 << 20;
 /// First counter value of the legacy AES_GCM_KEY writer (incremented before use).
 const COUNTER_START: u64 = 1_000_000_000;
 
 enum Unwrapped {
-    Seed(hkdf::Prk),
+    Seed { prk: hkdf::Prk, reads: ReadKeys },
     Key(GcmKey),
 }
 
 struct CachedKey {
     key: Unwrapped,
-    source: Arc<str>,
+    source: Source,
 }
 
 enum WriteKey {
-    Seed(hkdf::Prk),
+    Seed(Box<WriteKeys>),
     Key { gcm: GcmKey, counter: AtomicU64 },
 }
 
 struct WriteState {
     key_id: String,
+    key_id_hash: String,
     source_type: i32,
     key: WriteKey,
     /// Protobuf fields 2..5, encoded once; every write appends them after field 1.
     tail: Vec<u8>,
+    /// The seed's read side (pinned in the cache while this state writes).
+    entry: Arc<Entry<CachedKey>>,
+    /// `coffer_kms_writes_total{provider,key_id_hash}`.
+    writes: IntCounter,
+}
+
+impl WriteState {
+    /// The `encryptedData` of `data` if `data` is exactly `0x0a ‖ varint(len) ‖ encryptedData ‖
+    /// tail`, a value written by this state (so its cache key is this state's).
+    fn own_body<'a>(&self, data: &'a [u8]) -> Option<&'a [u8]> {
+        let rest = data
+            .strip_suffix(self.tail.as_slice())?
+            .strip_prefix(&[0x0a])?;
+        let mut body = rest;
+        let len = prost::encoding::decode_varint(&mut body).ok()?;
+        (!body.is_empty() && u64::try_from(body.len()).ok()? == len).then_some(body)
+    }
 }
 
 /// The KMS v2 envelope transformer for one `kms` provider (`apiVersion: v2`).
@@ -75,17 +138,12 @@ pub struct KmsV2 {
     service: Arc<dyn KeyService>,
     rng: Arc<dyn RandomSource>,
     write_type: i32,
+    writes_per_key: u64,
     state: RwLock<Option<Arc<WriteState>>>,
-    last_error: Mutex<Option<String>>,
-    cache: RwLock<HashMap<[u8; 32], Arc<CachedKey>>>,
-}
-
-fn derive(prk: &hkdf::Prk, info: &[u8]) -> Result<GcmKey, TransformError> {
-    let info = [info];
-    let okm = prk
-        .expand(&info, &AES_256_GCM)
-        .map_err(|_| TransformError::EncryptFailed("HKDF expand failed"))?;
-    Ok(GcmKey::from_ring(LessSafeKey::new(okm.into())))
+    /// The write state's tail length (for [`Transformer::overhead`] without a lock).
+    tail_len: AtomicUsize,
+    health: Arc<Health>,
+    cache: SeedCache<CachedKey>,
 }
 
 fn type_name(t: i32) -> &'static str {
@@ -97,18 +155,62 @@ fn type_name(t: i32) -> &'static str {
 }
 
 impl KmsV2 {
-    /// A provider named `name` (its prefix is `k8s:enc:kms:v2:<name>:`) writing with HKDF
-    /// seeds. Call [`KmsV2::refresh`] to establish the write state.
-    pub fn new(name: &str, service: Arc<dyn KeyService>, rng: Arc<dyn RandomSource>) -> Self {
+    fn build(
+        name: &str,
+        service: Arc<dyn KeyService>,
+        rng: Arc<dyn RandomSource>,
+        write_type: i32,
+        writes_per_key: u64,
+    ) -> Self {
+        let gauge = coffer_metrics::kms::kms()
+            .seeds_cached
+            .with_label_values(&[name]);
         Self {
             name: name.to_owned(),
             service,
             rng,
-            write_type: HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            write_type,
+            writes_per_key,
             state: RwLock::new(None),
-            last_error: Mutex::new(None),
-            cache: RwLock::new(HashMap::new()),
+            tail_len: AtomicUsize::new(256),
+            health: Health::new(name),
+            cache: SeedCache::new(MAX_CACHED_KEYS, gauge),
         }
+    }
+
+    /// A provider named `name` (its prefix is `k8s:enc:kms:v2:<name>:`) writing HKDF-seed
+    /// values exactly as kube-apiserver does: a new info and nonce drawn per write, in that
+    /// order, and a key derived per write. Call [`KmsV2::refresh`] to establish the write state.
+    pub fn new(name: &str, service: Arc<dyn KeyService>, rng: Arc<dyn RandomSource>) -> Self {
+        Self::build(name, service, rng, HKDF_SHA256_XNONCE_AES_GCM_SEED, 1)
+    }
+
+    /// Coffer's writer: the same format as [`KmsV2::new`], one derived key (one info) for
+    /// [`WRITES_PER_DERIVED_KEY`] writes, a fresh random nonce per write (module docs).
+    pub fn with_key_reuse(
+        name: &str,
+        service: Arc<dyn KeyService>,
+        rng: Arc<dyn RandomSource>,
+    ) -> Self {
+        Self::with_writes_per_derived_key(name, service, rng, WRITES_PER_DERIVED_KEY)
+    }
+
+    /// [`KmsV2::with_key_reuse`] with `writes` writes per derived key (at least 1; 1 is
+    /// kube-apiserver's scheme). Values above [`WRITES_PER_DERIVED_KEY`] are lowered to it, so
+    /// the module docs' bound holds.
+    pub fn with_writes_per_derived_key(
+        name: &str,
+        service: Arc<dyn KeyService>,
+        rng: Arc<dyn RandomSource>,
+        writes: u64,
+    ) -> Self {
+        Self::build(
+            name,
+            service,
+            rng,
+            HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            writes.clamp(1, WRITES_PER_DERIVED_KEY),
+        )
     }
 
     /// DANGEROUS: writes `AES_GCM_KEY` values (one DEK per write state, counter nonces), as
@@ -119,10 +221,12 @@ impl KmsV2 {
         service: Arc<dyn KeyService>,
         rng: Arc<dyn RandomSource>,
     ) -> Self {
-        Self {
-            write_type: AES_GCM_KEY,
-            ..Self::new(name, service, rng)
-        }
+        Self::build(name, service, rng, AES_GCM_KEY, 1)
+    }
+
+    /// The provider's name in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The stored prefix, `k8s:enc:kms:v2:<name>:`.
@@ -132,14 +236,59 @@ impl KmsV2 {
 
     /// This provider as a top-level prefix entry.
     pub fn into_prefix_transformer(self) -> PrefixTransformer {
-        let prefix = self.prefix();
+        Arc::new(self).prefix_transformer()
+    }
+
+    /// A top-level prefix entry sharing this provider.
+    pub fn prefix_transformer(self: &Arc<Self>) -> PrefixTransformer {
         let label = format!("kms v2 {:?}", self.name);
-        PrefixTransformer::new(prefix, Arc::new(self), label)
+        PrefixTransformer::new(self.prefix(), self.clone(), label)
+    }
+
+    /// Sets how long writes go on after the last fully healthy Status (default
+    /// [`DEFAULT_WRITE_WINDOW`], 3 minutes). Takes effect at once.
+    pub fn set_write_window(&self, window: Duration) {
+        self.health.set_window(Some(window));
+    }
+
+    /// No write window: for an in-process key service whose Status cannot fail.
+    pub(crate) fn disable_write_window(&self) {
+        self.health.set_window(None);
+    }
+
+    /// Sets the maximum age of a cached seed (`None`, the default: no expiry). An older entry
+    /// is unwrapped again by the plugin on its next use; the current write seed is exempt.
+    /// The price: while the plugin is down, values under seeds older than this cannot be read
+    /// (kubernetes #132967), which is why there is no expiry by default.
+    pub fn set_seed_max_age(&self, max_age: Option<Duration>) {
+        self.cache.set_max_age(max_age);
+    }
+
+    /// Sets the bound on cached seeds (default [`MAX_CACHED_KEYS`], at least 1).
+    pub fn set_seed_cache_capacity(&self, capacity: usize) {
+        self.cache.set_capacity(capacity);
+    }
+
+    /// Seeds/DEKs cached now.
+    pub fn seeds_cached(&self) -> usize {
+        self.cache.len()
     }
 
     /// The key_id of the current write state, if any (public).
     pub fn current_key_id(&self) -> Option<String> {
         self.current().map(|s| s.key_id.clone())
+    }
+
+    /// The provider's health as [`crate::Keyspace::kms_health`] reports it.
+    pub fn health(&self) -> KmsHealth {
+        let state = self.current();
+        KmsHealth {
+            provider: self.name.clone(),
+            healthy: self.health.last_ok() && state.is_some() && self.health.check_write().is_ok(),
+            error: self.health.last_error(),
+            key_id_hash: state.map(|s| s.key_id_hash.clone()),
+            write_window_left: self.health.window_left(),
+        }
     }
 
     fn current(&self) -> Option<Arc<WriteState>> {
@@ -149,147 +298,153 @@ impl KmsV2 {
             .clone()
     }
 
-    fn fail(&self, reason: String) -> TransformError {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
-        TransformError::KmsV2Rotation {
-            name: self.name.clone(),
-            reason,
-        }
-    }
-
-    /// Upstream's probe: Status; on a new key_id (or no write state yet) a new seed is drawn
-    /// and wrapped by Encrypt, whose key_id must equal Status'. Then the health checks.
+    /// Upstream's probe, stricter: Status must be fully healthy (healthz exactly `ok`, version
+    /// valid and unchanged since the first Status, key_id valid) before anything else happens.
+    /// Then, on a new key_id (or no write state yet), a new seed is drawn and wrapped by
+    /// Encrypt, whose key_id must equal Status'. Only then does the write window re-open.
     /// Returns whether a new write state was made. The server calls this periodically.
     pub fn refresh(&self) -> Result<bool, TransformError> {
+        let result = self.probe();
+        self.health.record(result.as_ref().err().cloned());
+        result.map_err(|reason| TransformError::KmsV2Rotation {
+            name: self.name.clone(),
+            reason,
+        })
+    }
+
+    fn probe(&self) -> Result<bool, String> {
+        let name = &self.name;
         let status = self.service.status().map_err(|e| {
-            self.fail(format!(
-                "failed to perform status section of the healthz check for KMS Provider {}, error: {e}",
-                self.name
-            ))
+            format!("failed to perform status section of the healthz check for KMS Provider {name}, error: {e}")
         })?;
-        if let Err(e) = object::validate_key_id(&status.key_id) {
-            return Err(self.fail(format!("got invalid KMSv2 KeyID: {e}")));
+        let received = Instant::now();
+        if status.version != "v2" && status.version != "v2beta1" {
+            return Err(format!(
+                "kmsv2 Provider {name} is not healthy, error: expected KMSv2 API version v2, got {}",
+                status.version
+            ));
         }
+        self.health
+            .check_version(&status.version)
+            .map_err(|e| format!("kmsv2 Provider {name} is not healthy, error: {e}"))?;
+        if status.healthz != "ok" {
+            return Err(format!(
+                "kmsv2 Provider {name} is not healthy, error: got unexpected healthz status: {}",
+                status.healthz
+            ));
+        }
+        object::validate_key_id(&status.key_id).map_err(|e| {
+            format!(
+                "got invalid KMSv2 KeyID hash {:?}: {e}",
+                key_id_hash(&status.key_id)
+            )
+        })?;
         let rotate = match self.current() {
             Some(s) => s.key_id != status.key_id || s.source_type != self.write_type,
             None => true,
         };
-        if rotate {
-            self.rotate(&status.key_id)?;
+        let new_state = if rotate {
+            Some(self.new_state(&status.key_id)?)
+        } else {
+            None
+        };
+        self.health.mark_healthy(received);
+        if let Some(s) = new_state {
+            tracing::info!(provider = %self.name, key_id_hash = %s.key_id_hash,
+                source_type = type_name(s.source_type), "kms v2: new data key seed for writes");
+            self.tail_len.store(s.tail.len(), Ordering::Relaxed);
+            *self.state.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(s));
         }
-        if status.healthz != "ok" {
-            return Err(self.fail(format!(
-                "kmsv2 Provider {} is not healthy, error: got unexpected healthz status: {}",
-                self.name, status.healthz
-            )));
-        }
-        if status.version != "v2" && status.version != "v2beta1" {
-            return Err(self.fail(format!(
-                "kmsv2 Provider {} is not healthy, error: expected KMSv2 API version v2, got {}",
-                self.name, status.version
-            )));
-        }
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
         Ok(rotate)
     }
 
-    fn rotate(&self, status_key_id: &str) -> Result<(), TransformError> {
+    fn new_state(&self, status_key_id: &str) -> Result<WriteState, String> {
         let mut secret = Zeroizing::new([0u8; SEED_LEN]);
-        self.rng.fill(&mut secret[..])?;
+        self.rng
+            .fill(&mut secret[..])
+            .map_err(|e| format!("failed to generate DEK source: {e}"))?;
         let resp = self
             .service
             .encrypt(&new_uid(), &secret[..])
-            .map_err(|e| self.fail(format!("failed to encrypt DEK source: {e}")))?;
+            .map_err(|e| format!("failed to encrypt DEK source: {e}"))?;
         if resp.key_id != status_key_id {
-            return Err(self.fail(format!(
-                "failed to rotate DEK: Encrypt returned key_id {:?} but Status reported {:?}",
-                resp.key_id, status_key_id
-            )));
+            return Err(format!(
+                "failed to rotate DEK: Encrypt returned key_id hash {:?} but Status reported {:?}",
+                key_id_hash(&resp.key_id),
+                key_id_hash(status_key_id)
+            ));
         }
         object::validate_parts(&resp.ciphertext, &resp.key_id, &resp.annotations)
-            .map_err(|e| self.fail(format!("plugin's Encrypt response is invalid: {e}")))?;
+            .map_err(|e| format!("plugin's Encrypt response is invalid: {e}"))?;
         let (write_key, read_key) = if self.write_type == HKDF_SHA256_XNONCE_AES_GCM_SEED {
             let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &secret[..]);
-            (WriteKey::Seed(prk.clone()), Unwrapped::Seed(prk))
+            (
+                WriteKey::Seed(Box::new(WriteKeys::new(prk.clone(), self.writes_per_key))),
+                Unwrapped::Seed {
+                    prk,
+                    reads: ReadKeys::new(),
+                },
+            )
         } else {
+            let key = |s: &[u8]| GcmKey::new(s).map_err(|e| e.to_string());
             (
                 WriteKey::Key {
-                    gcm: GcmKey::new(&secret[..])?,
+                    gcm: key(&secret[..])?,
                     counter: AtomicU64::new(COUNTER_START),
                 },
-                Unwrapped::Key(GcmKey::new(&secret[..])?),
+                Unwrapped::Key(key(&secret[..])?),
             )
         };
-        let tail_obj = EncryptedObject {
+        let tail = EncryptedObject {
             encrypted_data: Vec::new(),
             key_id: resp.key_id.clone(),
             encrypted_dek_source: resp.ciphertext.clone(),
             annotations: resp.annotations.clone(),
             encrypted_dek_source_type: self.write_type,
-        };
-        let tail = tail_obj.encode_to_vec();
+        }
+        .encode_to_vec();
         let ck = object::cache_key(
             self.write_type,
             &resp.ciphertext,
             &resp.key_id,
             &resp.annotations,
         );
-        self.insert_cached(ck, read_key, &resp.key_id);
-        *self.state.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(WriteState {
+        self.cache.pin(ck);
+        let entry = self.cache.insert(ck, self.cached(read_key, &resp.key_id));
+        let hash = key_id_hash(&resp.key_id);
+        let writes = coffer_metrics::kms::kms()
+            .writes
+            .with_label_values(&[&self.name, &hash]);
+        Ok(WriteState {
             key_id: resp.key_id,
+            key_id_hash: hash,
             source_type: self.write_type,
             key: write_key,
             tail,
-        }));
-        Ok(())
+            entry,
+            writes,
+        })
     }
 
-    fn insert_cached(&self, ck: [u8; 32], key: Unwrapped, key_id: &str) -> Arc<CachedKey> {
+    fn cached(&self, key: Unwrapped, key_id: &str) -> CachedKey {
         let source_type = match key {
-            Unwrapped::Seed(_) => HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            Unwrapped::Seed { .. } => HKDF_SHA256_XNONCE_AES_GCM_SEED,
             Unwrapped::Key(_) => AES_GCM_KEY,
         };
-        let entry = Arc::new(CachedKey {
+        let label = format!(
+            "kms v2 {:?} key_id {:?} ({})",
+            self.name,
+            key_id,
+            type_name(source_type)
+        );
+        CachedKey {
             key,
-            source: format!(
-                "kms v2 {:?} key_id {:?} ({})",
-                self.name,
-                key_id,
-                type_name(source_type)
-            )
-            .into(),
-        });
-        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= MAX_CACHED_KEYS {
-            if let Some(k) = cache.keys().next().copied() {
-                cache.remove(&k);
-            }
+            source: Source::new(label.into()),
         }
-        cache.insert(ck, entry.clone());
-        entry
     }
 
-    fn unwrap_key(&self, obj: &EncryptedObject) -> Result<Arc<CachedKey>, TransformError> {
-        let ck = object::cache_key(
-            obj.encrypted_dek_source_type,
-            &obj.encrypted_dek_source,
-            &obj.key_id,
-            &obj.annotations,
-        );
-        if let Some(hit) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&ck)
-        {
-            return Ok(hit.clone());
-        }
+    /// Asks the plugin to unwrap the seed/DEK of `obj` (a cache miss).
+    fn unwrap_key(&self, obj: &EncryptedObject) -> Result<CachedKey, TransformError> {
         let request = DecryptRequest {
             ciphertext: obj.encrypted_dek_source.clone(),
             key_id: obj.key_id.clone(),
@@ -303,15 +458,39 @@ impl KmsV2 {
             if secret.len() < SEED_LEN {
                 return Err(TransformError::InvalidSeedLength(secret.len()));
             }
-            Unwrapped::Seed(hkdf::Prk::new_less_safe(
-                hkdf::HKDF_SHA256,
-                secret.expose_secret(),
-            ))
+            Unwrapped::Seed {
+                prk: hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, secret.expose_secret()),
+                reads: ReadKeys::new(),
+            }
         } else {
             Unwrapped::Key(GcmKey::new(secret.expose_secret())?)
         };
-        Ok(self.insert_cached(ck, key, &obj.key_id))
+        Ok(self.cached(key, &obj.key_id))
     }
+
+    fn writes_stopped(&self, state: &WriteState, closed: window::Closed) -> TransformError {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        TransformError::KmsV2WritesStopped {
+            name: self.name.clone(),
+            since_ms: closed.since.map_or(u64::MAX, ms),
+            window_ms: ms(closed.window),
+            key_id_hash: state.key_id_hash.clone(),
+        }
+    }
+}
+
+/// Opens `buf` (`encryptedData`) with a cached key.
+fn open_with(
+    key: &CachedKey,
+    mut buf: Vec<u8>,
+    etcd_key: &[u8],
+    stale: bool,
+) -> Result<Read, TransformError> {
+    match &key.key {
+        Unwrapped::Seed { prk, reads } => reads.open(prk, &mut buf, etcd_key)?,
+        Unwrapped::Key(gcm) => gcm.open_within(&mut buf, 0, etcd_key)?,
+    }
+    Ok(key.source.read(buf, stale))
 }
 
 impl fmt::Debug for KmsV2 {
@@ -320,34 +499,38 @@ impl fmt::Debug for KmsV2 {
             .field("name", &self.name)
             .field("service", &self.service)
             .field("write_type", &type_name(self.write_type))
-            .field("key_id", &self.current_key_id())
+            .field("writes_per_key", &self.writes_per_key)
+            .field(
+                "key_id_hash",
+                &self.current().map(|s| s.key_id_hash.clone()),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl Transformer for KmsV2 {
     fn from_storage(&self, data: &[u8], etcd_key: &[u8]) -> Result<Read, TransformError> {
+        {
+            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(state) = state.as_ref() {
+                if let Some(body) = state.own_body(data) {
+                    return open_with(&state.entry.value, body.to_vec(), etcd_key, false);
+                }
+            }
+        }
         let obj = EncryptedObject::decode(data).map_err(|_| TransformError::ProtoDecode)?;
         object::validate(&obj)?;
-        let key = self.unwrap_key(&obj)?;
+        let ck: CacheKey = object::cache_key(
+            obj.encrypted_dek_source_type,
+            &obj.encrypted_dek_source,
+            &obj.key_id,
+            &obj.annotations,
+        );
+        let entry = self.cache.get_or_load(ck, || self.unwrap_key(&obj))?;
         let stale = self.current().is_some_and(|s| {
             s.key_id != obj.key_id || s.source_type != obj.encrypted_dek_source_type
         });
-        let mut buf = obj.encrypted_data;
-        match &key.key {
-            Unwrapped::Seed(prk) => {
-                if buf.len() < INFO_LEN {
-                    return Err(TransformError::ShortData);
-                }
-                derive(prk, &buf[..INFO_LEN])?.open_within(&mut buf, INFO_LEN, etcd_key)?;
-            }
-            Unwrapped::Key(gcm) => gcm.open_within(&mut buf, 0, etcd_key)?,
-        }
-        Ok(Read {
-            plaintext: buf,
-            stale,
-            source: key.source.clone(),
-        })
+        open_with(&entry.value, obj.encrypted_data, etcd_key, stale)
     }
 
     fn to_storage_into(
@@ -356,30 +539,21 @@ impl Transformer for KmsV2 {
         etcd_key: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), TransformError> {
-        let state = self
-            .current()
-            .ok_or_else(|| TransformError::KmsV2NoWriteState {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = state.as_ref() else {
+            return Err(TransformError::KmsV2NoWriteState {
                 name: self.name.clone(),
                 reason: self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
+                    .health
+                    .last_error()
                     .unwrap_or_else(|| "the plugin has not been asked yet".to_owned()),
-            })?;
-        let body = GCM_NONCE_LEN + plaintext.len() + GCM_TAG_LEN;
+            });
+        };
+        if let Err(closed) = self.health.check_write() {
+            return Err(self.writes_stopped(state, closed));
+        }
         match &state.key {
-            WriteKey::Seed(prk) => {
-                let mut info = [0u8; INFO_LEN];
-                self.rng.fill(&mut info)?;
-                let mut nonce = [0u8; GCM_NONCE_LEN];
-                self.rng.fill(&mut nonce)?;
-                let key = derive(prk, &info)?;
-                out.push(0x0a);
-                prost::encoding::encode_varint((INFO_LEN + body) as u64, out);
-                out.extend_from_slice(&info);
-                key.seal_append(nonce, etcd_key, plaintext, out)?;
-            }
+            WriteKey::Seed(keys) => keys.seal(&*self.rng, etcd_key, plaintext, out)?,
             WriteKey::Key { gcm, counter } => {
                 let mut nonce = [0u8; GCM_NONCE_LEN];
                 self.rng.fill(&mut nonce[..4])?;
@@ -391,11 +565,13 @@ impl Transformer for KmsV2 {
                     + 1;
                 nonce[4..].copy_from_slice(&n.to_le_bytes());
                 out.push(0x0a);
+                let body = GCM_NONCE_LEN + plaintext.len() + GCM_TAG_LEN;
                 prost::encoding::encode_varint(body as u64, out);
                 gcm.seal_append(nonce, etcd_key, plaintext, out)?;
             }
         }
         out.extend_from_slice(&state.tail);
+        state.writes.inc();
         Ok(())
     }
 
@@ -404,6 +580,6 @@ impl Transformer for KmsV2 {
     }
 
     fn overhead(&self) -> usize {
-        INFO_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + 16 + self.current().map_or(256, |s| s.tail.len())
+        INFO_LEN + GCM_NONCE_LEN + GCM_TAG_LEN + 16 + self.tail_len.load(Ordering::Relaxed)
     }
 }
