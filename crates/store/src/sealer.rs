@@ -52,7 +52,9 @@ impl Sealer for coffer_seal::Keyspace {
         coffer_seal::Keyspace::seal(self, key, plaintext).map_err(|e| SealFailure {
             reason: e.to_string(),
             kms_unavailable: match &e.cause {
-                T::KmsV2NoWriteState { name, .. } => Some(name.clone()),
+                T::KmsV2NoWriteState { name, .. } | T::KmsV2WritesStopped { name, .. } => {
+                    Some(name.clone())
+                }
                 _ => None,
             },
         })

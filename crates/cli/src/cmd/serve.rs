@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use coffer_seal::config::EncryptionConfiguration;
 use coffer_seal::{DefaultKey, Keyspace, RandomSource, SystemRandom};
 use coffer_server::ServerConfig;
 use coffer_store::{EmbeddedStore, StoreOptions};
@@ -158,6 +159,15 @@ pub struct Args {
     /// kube-apiserver's --etcd-prefix: where resource keys live.
     #[arg(long, default_value = "/registry")]
     pub etcd_prefix: String,
+    /// How often each KMS plugin is asked for its Status while healthy (kube-apiserver: 1m);
+    /// after a failure it is asked every 10s (or this, if shorter).
+    #[arg(long, default_value = "1m", value_name = "DURATION", value_parser = parse_interval)]
+    pub kms_status_interval: std::time::Duration,
+    /// How long writes under a KMS provider go on with its current seed after the plugin's last
+    /// healthy Status (kube-apiserver: 3m). Unlike kube-apiserver, a Status that answers but is
+    /// not healthy does not extend it. Must be more than twice --kms-status-interval.
+    #[arg(long, default_value = "3m", value_name = "DURATION", value_parser = parse_interval)]
+    pub kms_write_window: std::time::Duration,
     /// Coffer's default key file (0600), outside the data directory
     /// [default: $XDG_CONFIG_HOME/coffer/<name>.key, else ~/.config/coffer/<name>.key].
     #[arg(long)]
@@ -264,6 +274,8 @@ pub(crate) struct Plan {
     watch_progress_notify_interval: std::time::Duration,
     config: Option<PathBuf>,
     etcd_prefix: String,
+    kms_status_interval: std::time::Duration,
+    kms_write_window: std::time::Duration,
     auth: coffer_server::config::AuthConfig,
     tls: Option<coffer_server::TlsConfig>,
     transport: coffer_server::TransportConfig,
@@ -282,6 +294,14 @@ impl Plan {
             Some(p) => p.clone(),
             None => default_key_path(&args.name)?,
         };
+        if args.kms_write_window <= args.kms_status_interval * 2 {
+            bail!(
+                "--kms-write-window ({:?}) must be more than twice --kms-status-interval ({:?}): \
+                 otherwise writes would stop between two healthy Status answers",
+                args.kms_write_window,
+                args.kms_status_interval
+            );
+        }
         let data_abs = full_path(&data_dir)?;
         let key_abs = full_path(&key_file)?;
         if key_abs.starts_with(&data_abs) {
@@ -415,6 +435,8 @@ impl Plan {
             max_leases: args.max_leases,
             quota_backend_bytes: args.quota_backend_bytes,
             watch_progress_notify_interval: args.watch_progress_notify_interval,
+            kms_status_interval: args.kms_status_interval,
+            kms_write_window: args.kms_write_window,
             config: args.encryption_provider_config.clone(),
             etcd_prefix: args.etcd_prefix.clone(),
             auth,
@@ -598,8 +620,9 @@ fn default_key(plan: &Plan) -> anyhow::Result<DefaultKey> {
             if db.exists() {
                 bail!(
                     "data directory {} holds data ({}) but no {FINGERPRINT_FILE} record of the \
-                     default key it was sealed with; refusing to guess. If you know the key, \
-                     write the record with that key's fingerprint",
+                     default key it was sealed with; refusing to guess. If it was started with a \
+                     config whose *.* rule writes with KMS, start it with that config again; if \
+                     you know the default key, write the record with that key's fingerprint",
                     plan.data_dir.display(),
                     db.display()
                 );
@@ -617,15 +640,10 @@ fn default_key(plan: &Plan) -> anyhow::Result<DefaultKey> {
     }
 }
 
-pub(crate) fn build_keyspace(plan: &Plan, key: &DefaultKey) -> anyhow::Result<Keyspace> {
-    let rng: Arc<dyn RandomSource> =
-        Arc::new(SystemRandom::new().context("cannot seed the random number generator")?);
-    let service = Arc::new(
-        key.key_service(rng.clone())
-            .context("cannot use the default key")?,
-    );
+/// `--encryption-provider-config`, loaded and checked (its warnings logged), if given.
+pub(crate) fn load_config(plan: &Plan) -> anyhow::Result<Option<EncryptionConfiguration>> {
     let Some(path) = &plan.config else {
-        return Keyspace::default_only(service, rng).context("cannot build the default keyspace");
+        return Ok(None);
     };
     let config = coffer_seal::config::load(path).map_err(|e| {
         anyhow::anyhow!(
@@ -653,17 +671,89 @@ pub(crate) fn build_keyspace(plan: &Plan, key: &DefaultKey) -> anyhow::Result<Ke
     info!(
         file = %path.display(),
         rules = report.rules.len(),
-        uncovered = "sealed with the default key",
         "encryption provider config loaded"
     );
-    Keyspace::new(
-        &config,
-        &plan.etcd_prefix,
-        Some(service),
-        &coffer_seal::key_service::NoKmsClient,
-        rng,
-    )
-    .with_context(|| format!("--encryption-provider-config {}", path.display()))
+    Ok(Some(config))
+}
+
+/// Whether keys no rule covers are sealed by the config's `*.*` KMS provider, with no local
+/// default key at all: the config's `*.*` rule writes with KMS v2 and the data directory was
+/// not started on the default key (it has no record of one).
+pub(crate) fn kms_only(
+    plan: &Plan,
+    config: Option<&EncryptionConfiguration>,
+) -> anyhow::Result<bool> {
+    let Some(config) = config else {
+        return Ok(false);
+    };
+    if !coffer_seal::keyspace::kms_seals_everything(config) {
+        return Ok(false);
+    }
+    if let Some(rec) = read_record(&plan.data_dir)? {
+        warn!(
+            key_file = %rec.key_file,
+            "the config's *.* rule writes with KMS, but this data directory was started on the \
+             local default key: keys outside the config's resources (compact_rev_key, ...) stay \
+             sealed with it, so the key file is still needed"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The keyspace of `config` (or of the default key alone). `key` is the default key that
+/// seals keys no rule covers; `None` only when [`kms_only`] holds. KMS providers talk to
+/// their plugins over the gRPC client; no Status is asked here.
+pub(crate) fn build_keyspace(
+    plan: &Plan,
+    config: Option<&EncryptionConfiguration>,
+    key: Option<&DefaultKey>,
+) -> anyhow::Result<Keyspace> {
+    let rng: Arc<dyn RandomSource> =
+        Arc::new(SystemRandom::new().context("cannot seed the random number generator")?);
+    let connector =
+        coffer_kms::client::GrpcConnector::new().context("cannot start the KMS client")?;
+    let context = || {
+        plan.config.as_ref().map_or_else(
+            || "the default keyspace".to_owned(),
+            |p| format!("--encryption-provider-config {}", p.display()),
+        )
+    };
+    let Some(key) = key else {
+        let config = config.context("a keyspace without a default key needs a config")?;
+        return Keyspace::new_kms_only(config, &plan.etcd_prefix, &connector, rng)
+            .with_context(context);
+    };
+    let service = Arc::new(
+        key.key_service(rng.clone())
+            .context("cannot use the default key")?,
+    );
+    match config {
+        None => Keyspace::default_only(service, rng).with_context(context),
+        Some(config) => Keyspace::new(config, &plan.etcd_prefix, Some(service), &connector, rng)
+            .with_context(context),
+    }
+}
+
+/// The `kms_providers` readiness check: every KMS provider's plugin answered a healthy
+/// Status and its write window is open.
+fn kms_ready(keyspace: Arc<Keyspace>) -> coffer_server::ReadyCheck {
+    coffer_server::ReadyCheck(Arc::new(move || {
+        let failing: Vec<String> = keyspace
+            .kms_health()
+            .into_iter()
+            .filter(|h| !h.healthy)
+            .map(|h| match h.error {
+                Some(e) => format!("{}: {e}", h.provider),
+                None => format!("{}: unhealthy", h.provider),
+            })
+            .collect();
+        if failing.is_empty() {
+            Ok(())
+        } else {
+            Err(failing.join("; "))
+        }
+    }))
 }
 
 async fn serve(plan: Plan) -> anyhow::Result<()> {
@@ -677,35 +767,70 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     coffer_seal::durable::create_dir_all(&plan.data_dir)
         .with_context(|| format!("cannot create data directory {}", plan.data_dir.display()))?;
 
-    let key = default_key(&plan)?;
-    info!(
-        file = %key.path().display(),
-        fingerprint = %key.fingerprint(),
-        created = key.created(),
-        "default key file"
-    );
-    if key.created() {
-        warn!(
-            file = %key.path().display(),
-            "created a new default key; back it up: without it the data cannot be read"
+    let config = load_config(&plan)?;
+    let key = if kms_only(&plan, config.as_ref())? {
+        info!(
+            "the config's *.* rule writes with KMS: every key is sealed under the KMS plugin; \
+             no local default key is read or created"
         );
-    }
+        None
+    } else {
+        let key = default_key(&plan)?;
+        info!(
+            file = %key.path().display(),
+            fingerprint = %key.fingerprint(),
+            created = key.created(),
+            "default key file"
+        );
+        if key.created() {
+            warn!(
+                file = %key.path().display(),
+                "created a new default key; back it up: without it the data cannot be read"
+            );
+        }
+        Some(key)
+    };
     if plan.config.is_none() {
         warn!(
             "no --encryption-provider-config: every value is sealed with the local default key; \
              production should use a KMS v2 provider so the key-encryption key stays in an HSM"
         );
     }
-    let keyspace = build_keyspace(&plan, &key)?;
+    let keyspace = build_keyspace(&plan, config.as_ref(), key.as_ref())?;
+    keyspace.set_kms_write_window(plan.kms_write_window);
+    let keyspace = Arc::new(keyspace);
     drop(key);
+    // The first Status of every KMS plugin, inline; a failure is logged and serving goes on
+    // (plugin and server may start in either order), then the poller keeps asking.
+    let uses_kms = !keyspace.kms_health().is_empty();
+    let poller = if uses_kms {
+        let ks = keyspace.clone();
+        let failures = tokio::task::spawn_blocking(move || coffer_kms::poller::probe(&ks, &[]))
+            .await
+            .context("the first KMS Status probe panicked")?;
+        let healthy = plan.kms_status_interval;
+        let failed = healthy.min(coffer_kms::poller::FAILED_INTERVAL);
+        Some(
+            coffer_kms::poller::StatusPoller::spawn_with(
+                keyspace.clone(),
+                failures,
+                healthy,
+                failed,
+            )
+            .context("cannot start the KMS Status poller")?,
+        )
+    } else {
+        None
+    };
 
     let data_dir = plan.data_dir.clone();
+    let keyspace_for_store = keyspace.clone();
     let quota = plan.quota_backend_bytes;
     let max_leases = plan.max_leases;
     let store = tokio::task::spawn_blocking(move || {
         EmbeddedStore::open(
             &data_dir,
-            Arc::new(keyspace),
+            keyspace_for_store,
             StoreOptions {
                 quota_backend_bytes: quota,
                 max_leases,
@@ -748,6 +873,7 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     config.auth = plan.auth.clone();
     config.tls = plan.tls.clone();
     config.transport = plan.transport.clone();
+    config.kms_ready = uses_kms.then(|| kms_ready(keyspace.clone()));
 
     // Without the handlers a SIGTERM would kill the process without the drain and the final
     // commit: refuse to serve rather than serve without a clean stop.
@@ -804,6 +930,9 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
     signals.abort();
     // Writes already queued finish and are made durable before the writer stops.
     store.close();
+    if let Some(p) = poller {
+        let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+    }
     match served.context("the server stopped with an error")? {
         None => {
             info!("coffer serve stopped");

@@ -103,16 +103,27 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("snapshot file {} does not exist", args.file.display());
     }
     let plan = serve_plan(&args)?;
-    if !plan.key_file.exists() {
-        bail!(
-            "the default key file {} does not exist; restore needs the key the snapshot's values \
-             were sealed with (the --default-key-file of the server it came from)",
-            plan.key_file.display()
-        );
+    let config = serve::load_config(&plan)?;
+    let key =
+        if serve::kms_only(&plan, config.as_ref())? {
+            None
+        } else {
+            if !plan.key_file.exists() {
+                bail!(
+                    "the default key file {} does not exist; restore needs the key the snapshot's \
+                 values were sealed with (the --default-key-file of the server it came from)",
+                    plan.key_file.display()
+                );
+            }
+            Some(DefaultKey::load(&plan.key_file).with_context(|| {
+                format!("cannot load the default key {}", plan.key_file.display())
+            })?)
+        };
+    let keyspace = serve::build_keyspace(&plan, config.as_ref(), key.as_ref())?;
+    // Restored values are sealed anew: KMS providers need a write state first.
+    if let Some((provider, e)) = keyspace.refresh_kms().into_iter().next() {
+        bail!("KMS provider {provider}: {e}");
     }
-    let key = DefaultKey::load(&plan.key_file)
-        .with_context(|| format!("cannot load the default key {}", plan.key_file.display()))?;
-    let keyspace = serve::build_keyspace(&plan, &key)?;
 
     let terminal = std::io::stderr().is_terminal();
     let mut progress = |n: u64| eprint!("\rrestored {n} records");
@@ -135,19 +146,22 @@ fn run_restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             plan.data_dir.display()
         )
     })?;
-    serve::write_record(
-        &plan.data_dir,
-        &serve::Recorded {
-            fingerprint: key.fingerprint(),
-            key_file: plan.key_file.display().to_string(),
-        },
-    )
-    .with_context(|| {
-        format!(
-            "restored {} but could not record its default key; remove it and restore again",
-            plan.data_dir.display()
+    // A keyspace sealed wholly under KMS has no default key to record.
+    if let Some(key) = &key {
+        serve::write_record(
+            &plan.data_dir,
+            &serve::Recorded {
+                fingerprint: key.fingerprint(),
+                key_file: plan.key_file.display().to_string(),
+            },
         )
-    })?;
+        .with_context(|| {
+            format!(
+                "restored {} but could not record its default key; remove it and restore again",
+                plan.data_dir.display()
+            )
+        })?;
+    }
     println!(
         "restored {} into {}: revision {}, compacted at {}, {} records ({} values checked), {} leases, {} users, {} roles",
         args.file.display(),
