@@ -24,7 +24,6 @@ pub mod marker;
 pub mod pki;
 pub mod process;
 pub mod runner;
-pub mod softhsm;
 pub mod tls;
 pub mod transcript;
 pub mod watch;
@@ -101,14 +100,6 @@ pub enum HarnessError {
         server: ServerKind,
         /// How long we waited.
         waited: Duration,
-    },
-    /// A helper program (softhsm2-util, …) failed or is missing.
-    #[error("{program}: {message}")]
-    Tool {
-        /// The program.
-        program: String,
-        /// What went wrong, with its output.
-        message: String,
     },
     /// A Watch stream could not be opened, or it ended or failed while a test used it.
     #[error("watch stream at {endpoint}: {message}")]

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use coffer_conformance::http::http;
 use coffer_conformance::marker::{forms, scan, unique_marker};
 use coffer_conformance::process::coffer_binary;
-use coffer_conformance::softhsm::SoftHsmToken;
 use coffer_conformance::{CofferOptions, CofferProcess};
+use coffer_kms::plugin::softhsm::{SoftHsmToken, SOFTHSM2_MODULE};
 use coffer_proto::kv_client::KvClient;
 use coffer_proto::{PutRequest, RangeRequest};
 use tonic::transport::Channel;
@@ -32,8 +32,11 @@ use tonic::Code;
 
 const WINDOW: Duration = Duration::from_secs(4);
 
-/// `coffer kms-plugin` on a SoftHSM2 token.
+const PIN: &str = "serve-pin-2468";
+
+/// `coffer kms-plugin` on a fresh SoftHSM2 token.
 struct Plugin {
+    dir: tempfile::TempDir,
     token: SoftHsmToken,
     socket: PathBuf,
     child: Option<Child>,
@@ -42,10 +45,13 @@ struct Plugin {
 
 impl Plugin {
     fn new() -> Plugin {
-        let token = SoftHsmToken::new("coffer-serve", "2468").unwrap();
-        let socket = token.dir().join("kms.sock");
-        let log = token.dir().join("plugin.log");
+        let dir = tempfile::tempdir().unwrap();
+        let token = SoftHsmToken::init(dir.path(), "coffer-serve", PIN, "1357").unwrap();
+        std::fs::write(dir.path().join("pin"), PIN).unwrap();
+        let socket = dir.path().join("kms.sock");
+        let log = dir.path().join("plugin.log");
         let plugin = Plugin {
+            dir,
             token,
             socket,
             child: None,
@@ -59,22 +65,21 @@ impl Plugin {
     fn backend_args(&self) -> Vec<String> {
         vec![
             "--pkcs11-module".into(),
-            SoftHsmToken::module().unwrap().display().to_string(),
+            SOFTHSM2_MODULE.into(),
             "--token-label".into(),
-            self.token.label().into(),
+            self.token.label.clone(),
             "--pin-file".into(),
-            self.token.pin_file().unwrap().display().to_string(),
+            self.dir.path().join("pin").display().to_string(),
         ]
     }
 
     /// `coffer kms-plugin <sub> <backend flags>` (rotate, keys).
     fn command(&self, sub: &str) -> std::process::Output {
-        let (k, v) = self.token.env();
         Command::new(coffer_binary().unwrap())
             .arg("kms-plugin")
             .arg(sub)
             .args(self.backend_args())
-            .env(k, v)
+            .env("SOFTHSM2_CONF", &self.token.conf)
             .output()
             .unwrap()
     }
@@ -93,7 +98,6 @@ impl Plugin {
 
     fn start(&mut self) {
         assert!(self.child.is_none());
-        let (k, v) = self.token.env();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,7 +108,7 @@ impl Plugin {
             .arg("--listen")
             .arg(format!("unix://{}", self.socket.display()))
             .args(self.backend_args())
-            .env(k, v)
+            .env("SOFTHSM2_CONF", &self.token.conf)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -265,7 +269,7 @@ async fn serve_over_kms_plugin_on_softhsm_rides_out_a_plugin_kill_and_a_kek_rota
     let mut plugin = Plugin::new();
     plugin.start();
     let first_key_id = plugin.current_key_id();
-    let config = write_config(plugin.token.dir(), &plugin.endpoint());
+    let config = write_config(plugin.dir.path(), &plugin.endpoint());
     let mut coffer = CofferProcess::start(CofferOptions {
         encryption_provider_config: Some(config),
         extra_args: ["--kms-status-interval", "500ms", "--kms-write-window", "4s"]
@@ -464,8 +468,5 @@ async fn serve_over_kms_plugin_on_softhsm_rides_out_a_plugin_kill_and_a_kek_rota
     assert!(!coffer.log().contains(&marker), "a value in the server log");
     let plugin_log = std::fs::read_to_string(&plugin.log).unwrap_or_default();
     assert!(!plugin_log.contains(&marker));
-    assert!(
-        !plugin_log.contains(plugin.token.pin()),
-        "the PIN in the plugin log"
-    );
+    assert!(!plugin_log.contains(PIN), "the PIN in the plugin log");
 }
