@@ -127,7 +127,7 @@ fn failure_lists_every_provider_and_prints_nothing() {
     let config = write_config(
         tmp.path(),
         &format!(
-            "{}      - identity: {{}}\n      - secretbox:\n          keys:\n            - name: sb\n              secret: {SECRET_A}\n      - kms:\n          apiVersion: v2\n          name: vault\n          endpoint: unix:///tmp/none.sock\n",
+            "{}      - identity: {{}}\n      - secretbox:\n          keys:\n            - name: sb\n              secret: {SECRET_A}\n      - kms:\n          apiVersion: v2\n          name: vault\n          endpoint: unix:///tmp/none.sock\n          timeout: 500ms\n",
             aesgcm("key1", "YW5vdGhlciBzZWNyZXQgb2YgMzIgYnl0ZXMgbG9uZyE=")
         ),
     );
