@@ -702,7 +702,7 @@ fn the_default_key_is_not_in_kms_health_and_has_no_write_window() {
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].provider, "beside-default");
     ks.set_kms_write_window(Duration::from_millis(1));
-    std::thread::sleep(Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(30));
     assert!(ks.seal(KEY, b"v").is_err());
     let s = ks.seal(b"compact_rev_key", b"v").unwrap();
     assert!(s.starts_with(b"k8s:enc:kms:v2:coffer-default:"));

@@ -57,7 +57,7 @@ mod window;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use prost::Message;
@@ -347,7 +347,7 @@ impl KmsV2 {
         let status = self.service.status().map_err(|e| {
             format!("failed to perform status section of the healthz check for KMS Provider {name}, error: {e}")
         })?;
-        let received = Instant::now();
+        let received = window::now_ns();
         if status.version != "v2" && status.version != "v2beta1" {
             return Err(format!(
                 "kmsv2 Provider {name} is not healthy, error: expected KMSv2 API version v2, got {}",
