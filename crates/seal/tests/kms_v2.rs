@@ -480,6 +480,17 @@ fn coffers_writer_reuses_a_derived_key_for_n_writes_with_fresh_nonces() {
     assert_ne!(infos[5], infos[6]);
     let nonces: HashSet<Vec<u8>> = values.iter().map(|v| nonce(v)).collect();
     assert_eq!(nonces.len(), 7);
+    // Tampered, or moved to another etcd key: refused, also under the derived key in use.
+    let mut bad = values[6].clone();
+    bad[2 + 32 + 12] ^= 1;
+    assert!(matches!(
+        t.from_storage(&bad, KEY),
+        Err(TransformError::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        t.from_storage(&values[6], b"/registry/secrets/ns/b"),
+        Err(TransformError::AuthenticationFailed)
+    ));
     // kube-apiserver's reader (one derivation per value) reads them.
     let kube = KmsV2::new("reuse", plugin.clone(), rng());
     for (i, v) in values.iter().enumerate() {

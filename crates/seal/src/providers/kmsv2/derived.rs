@@ -100,6 +100,17 @@ impl InUse {
         Some(self.key.seal_append(nonce, etcd_key, plaintext, out))
     }
 
+    /// Opens `buf` (`info ‖ nonce ‖ ct ‖ tag`) in place if its info is this key's; `None`
+    /// (nothing done) for another info.
+    pub(crate) fn open_own(
+        &self,
+        buf: &mut Vec<u8>,
+        etcd_key: &[u8],
+    ) -> Option<Result<(), TransformError>> {
+        buf.starts_with(&self.info)
+            .then(|| self.key.open_within(buf, INFO_LEN, etcd_key))
+    }
+
     /// Whether its writes are used up.
     pub(crate) fn spent(&self, per_key: u64) -> bool {
         self.uses.load(Ordering::Relaxed) >= per_key

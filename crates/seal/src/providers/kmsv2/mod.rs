@@ -622,7 +622,17 @@ impl Transformer for KmsV2 {
             let writer = self.writer.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(w) = writer.as_ref() {
                 if let Some(body) = w.state.own_body(data) {
-                    return open_with(&w.state.entry.value, body.to_vec(), etcd_key, false);
+                    // Written under the derived key in use: no derivation, no cache lookup.
+                    let mut buf = body.to_vec();
+                    if let Some(opened) = w
+                        .in_use
+                        .as_ref()
+                        .and_then(|k| k.open_own(&mut buf, etcd_key))
+                    {
+                        opened?;
+                        return Ok(w.state.entry.value.source.read(buf, false));
+                    }
+                    return open_with(&w.state.entry.value, buf, etcd_key, false);
                 }
             }
         }
