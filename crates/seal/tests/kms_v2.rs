@@ -480,6 +480,17 @@ fn coffers_writer_reuses_a_derived_key_for_n_writes_with_fresh_nonces() {
     assert_ne!(infos[5], infos[6]);
     let nonces: HashSet<Vec<u8>> = values.iter().map(|v| nonce(v)).collect();
     assert_eq!(nonces.len(), 7);
+    // Tampered, or moved to another etcd key: refused, also under the derived key in use.
+    let mut bad = values[6].clone();
+    bad[2 + 32 + 12] ^= 1;
+    assert!(matches!(
+        t.from_storage(&bad, KEY),
+        Err(TransformError::AuthenticationFailed)
+    ));
+    assert!(matches!(
+        t.from_storage(&values[6], b"/registry/secrets/ns/b"),
+        Err(TransformError::AuthenticationFailed)
+    ));
     // kube-apiserver's reader (one derivation per value) reads them.
     let kube = KmsV2::new("reuse", plugin.clone(), rng());
     for (i, v) in values.iter().enumerate() {
@@ -702,7 +713,7 @@ fn the_default_key_is_not_in_kms_health_and_has_no_write_window() {
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].provider, "beside-default");
     ks.set_kms_write_window(Duration::from_millis(1));
-    std::thread::sleep(Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(30));
     assert!(ks.seal(KEY, b"v").is_err());
     let s = ks.seal(b"compact_rev_key", b"v").unwrap();
     assert!(s.starts_with(b"k8s:enc:kms:v2:coffer-default:"));

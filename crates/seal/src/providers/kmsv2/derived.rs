@@ -3,12 +3,12 @@
 //!
 //! kube-apiserver derives a new key for every write (a fresh 32-byte `info` each time), so
 //! every value pays HKDF-Expand plus an AES key schedule, and a read derives again. Coffer's
-//! writer ([`WriteKeys`] with `per_key` > 1) keeps one derived key for up to `per_key` writes,
-//! each with its own fresh random 12-byte nonce and the key's `info` in the value, then draws a
-//! new `info`. The stored format is unchanged, so kube-apiserver reads these values as its own.
-//! Readers keep a few derived keys per seed ([`ReadKeys`]), keyed by the full `info`.
+//! writer ([`InUse`]) keeps one derived key for up to `per_key` writes, each with its own
+//! fresh random 12-byte nonce and the key's `info` in the value, then draws a new `info`. The
+//! stored format is unchanged, so kube-apiserver reads these values as its own. Readers keep a
+//! few derived keys per seed ([`ReadKeys`]), keyed by the full `info`.
 //!
-//! With `per_key` = 1 the writer is kube-apiserver's: info, then nonce, drawn per write, in
+//! [`seal_with_new_info`] is kube-apiserver's writer: info, then nonce, drawn per write, in
 //! that order (the vectors replay upstream's randomness through it).
 //!
 //! The safety argument is in [`super`]'s module docs.
@@ -33,85 +33,94 @@ pub(crate) fn derive(prk: &hkdf::Prk, info: &[u8]) -> Result<GcmKey, TransformEr
     Ok(GcmKey::from_ring(LessSafeKey::new(okm.into())))
 }
 
-struct InUse {
+/// Appends the protobuf field 1 header (`0x0a`, length) and the info of a value whose
+/// `encryptedData` is `info ‖ nonce ‖ ct ‖ tag` for `plaintext_len` bytes.
+fn header(out: &mut Vec<u8>, info: &[u8; INFO_LEN], plaintext_len: usize) {
+    out.push(0x0a);
+    let len = INFO_LEN + GCM_NONCE_LEN + plaintext_len + GCM_TAG_LEN;
+    prost::encoding::encode_varint(len as u64, out);
+    out.extend_from_slice(info);
+}
+
+/// kube-apiserver's writer: a new info and nonce per write (drawn in that order) and a key
+/// derived per write. Appends `encryptedData` as a protobuf field 1.
+pub(crate) fn seal_with_new_info(
+    prk: &hkdf::Prk,
+    rng: &dyn RandomSource,
+    etcd_key: &[u8],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), TransformError> {
+    let mut info = [0u8; INFO_LEN];
+    rng.fill(&mut info)?;
+    let mut nonce = [0u8; GCM_NONCE_LEN];
+    rng.fill(&mut nonce)?;
+    let key = derive(prk, &info)?;
+    header(out, &info, plaintext.len());
+    key.seal_append(nonce, etcd_key, plaintext, out)
+}
+
+/// Coffer's writer: one derived key (one info) for up to `per_key` writes.
+pub(crate) struct InUse {
     info: [u8; INFO_LEN],
     key: GcmKey,
+    /// Writes attempted under this key (beyond `per_key`, attempts that found it spent).
     uses: AtomicU64,
+    /// Writes already added to the `coffer_kms_writes_total` counter.
+    reported: AtomicU64,
 }
 
-/// The write side: the seed and the derived key in use.
-pub(crate) struct WriteKeys {
-    prk: hkdf::Prk,
-    per_key: u64,
-    current: RwLock<Option<InUse>>,
-}
-
-impl WriteKeys {
-    /// Writes under `prk`, one derived key per `per_key` writes (at least 1).
-    pub(crate) fn new(prk: hkdf::Prk, per_key: u64) -> Self {
-        Self {
-            prk,
-            per_key: per_key.max(1),
-            current: RwLock::new(None),
-        }
+impl InUse {
+    /// A new info drawn from `rng` and its key derived from `prk`.
+    pub(crate) fn new(prk: &hkdf::Prk, rng: &dyn RandomSource) -> Result<Self, TransformError> {
+        let mut info = [0u8; INFO_LEN];
+        rng.fill(&mut info)?;
+        Ok(Self {
+            key: derive(prk, &info)?,
+            info,
+            uses: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        })
     }
 
-    /// Appends `encryptedData` as a protobuf field 1 (`0x0a`, length, info ‖ nonce ‖ ct ‖ tag).
-    pub(crate) fn seal(
+    /// Appends `encryptedData` as a protobuf field 1 under this key with `nonce` (fresh and
+    /// random), or `None`, having written nothing, when the key's `per_key` writes are used.
+    pub(crate) fn try_seal(
         &self,
-        rng: &dyn RandomSource,
+        per_key: u64,
+        nonce: [u8; GCM_NONCE_LEN],
         etcd_key: &[u8],
         plaintext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<(), TransformError> {
-        let header = |out: &mut Vec<u8>, info: &[u8; INFO_LEN]| {
-            out.push(0x0a);
-            let len = INFO_LEN + GCM_NONCE_LEN + plaintext.len() + GCM_TAG_LEN;
-            prost::encoding::encode_varint(len as u64, out);
-            out.extend_from_slice(info);
-        };
-        if self.per_key == 1 {
-            let mut info = [0u8; INFO_LEN];
-            rng.fill(&mut info)?;
-            let mut nonce = [0u8; GCM_NONCE_LEN];
-            rng.fill(&mut nonce)?;
-            let key = derive(&self.prk, &info)?;
-            header(out, &info);
-            return key.seal_append(nonce, etcd_key, plaintext, out);
+    ) -> Option<Result<(), TransformError>> {
+        if self.uses.fetch_add(1, Ordering::Relaxed) >= per_key {
+            return None;
         }
-        let mut nonce = [0u8; GCM_NONCE_LEN];
-        rng.fill(&mut nonce)?;
-        loop {
-            {
-                let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-                if let Some(k) = current.as_ref() {
-                    if k.uses.fetch_add(1, Ordering::Relaxed) < self.per_key {
-                        header(out, &k.info);
-                        return k.key.seal_append(nonce, etcd_key, plaintext, out);
-                    }
-                }
-            }
-            self.next_key(rng)?;
-        }
+        header(out, &self.info, plaintext.len());
+        Some(self.key.seal_append(nonce, etcd_key, plaintext, out))
     }
 
-    /// Draws a new info and derives its key, unless another writer already did.
-    fn next_key(&self, rng: &dyn RandomSource) -> Result<(), TransformError> {
-        let mut info = [0u8; INFO_LEN];
-        rng.fill(&mut info)?;
-        let key = derive(&self.prk, &info)?;
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        let spent = current
-            .as_ref()
-            .is_none_or(|k| k.uses.load(Ordering::Relaxed) >= self.per_key);
-        if spent {
-            *current = Some(InUse {
-                info,
-                key,
-                uses: AtomicU64::new(0),
-            });
-        }
-        Ok(())
+    /// Opens `buf` (`info ‖ nonce ‖ ct ‖ tag`) in place if its info is this key's; `None`
+    /// (nothing done) for another info.
+    pub(crate) fn open_own(
+        &self,
+        buf: &mut Vec<u8>,
+        etcd_key: &[u8],
+    ) -> Option<Result<(), TransformError>> {
+        buf.starts_with(&self.info)
+            .then(|| self.key.open_within(buf, INFO_LEN, etcd_key))
+    }
+
+    /// Whether its writes are used up.
+    pub(crate) fn spent(&self, per_key: u64) -> bool {
+        self.uses.load(Ordering::Relaxed) >= per_key
+    }
+
+    /// Writes made under this key and not reported yet; each write is reported once.
+    pub(crate) fn unreported(&self, per_key: u64) -> u64 {
+        let made = self.uses.load(Ordering::Relaxed).min(per_key);
+        let before = self.reported.fetch_max(made, Ordering::Relaxed);
+        made.saturating_sub(before)
     }
 }
 
@@ -192,10 +201,10 @@ mod tests {
     }
 
     /// A value for slot 0 under `info_byte` (first info byte 0, the rest `info_byte`).
-    fn value(keys: &WriteKeys, info_byte: u8) -> Vec<u8> {
+    fn value(prk: &hkdf::Prk, info_byte: u8) -> Vec<u8> {
         let mut info = [info_byte; INFO_LEN];
         info[0] = 0;
-        let key = derive(&keys.prk, &info).unwrap();
+        let key = derive(prk, &info).unwrap();
         let mut out = info.to_vec();
         key.seal_append([1; GCM_NONCE_LEN], b"k", b"plain", &mut out)
             .unwrap();
@@ -213,14 +222,14 @@ mod tests {
 
     #[test]
     fn a_slot_fills_when_empty_and_changes_only_for_an_info_seen_twice_in_a_row() {
-        let keys = WriteKeys::new(prk(), 1);
+        let prk = prk();
         let reads = ReadKeys::new();
         let open = |v: &[u8]| {
             let mut buf = v.to_vec();
-            reads.open(&keys.prk, &mut buf, b"k").unwrap();
+            reads.open(&prk, &mut buf, b"k").unwrap();
             assert_eq!(buf, b"plain");
         };
-        let (a, b, c) = (value(&keys, 1), value(&keys, 2), value(&keys, 3));
+        let (a, b, c) = (value(&prk, 1), value(&prk, 2), value(&prk, 3));
         open(&a);
         assert_eq!(cached_info(&reads), Some(1), "empty slot filled");
         open(&b);
@@ -234,28 +243,36 @@ mod tests {
         let mut bad = b.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(reads.open(&keys.prk, &mut bad, b"k").is_err());
+        assert!(reads.open(&prk, &mut bad, b"k").is_err());
         let mut short = vec![0u8; 10];
         assert!(matches!(
-            reads.open(&keys.prk, &mut short, b"k"),
+            reads.open(&prk, &mut short, b"k"),
             Err(TransformError::ShortData)
         ));
     }
 
     #[test]
-    fn the_writer_draws_a_new_info_after_n_writes() {
+    fn a_derived_key_serves_n_writes_and_reports_each_once() {
         let rng = SystemRandom::new().unwrap();
-        let keys = WriteKeys::new(prk(), 2);
-        let infos: Vec<Vec<u8>> = (0..5)
-            .map(|_| {
-                let mut out = Vec::new();
-                keys.seal(&rng, b"k", b"v", &mut out).unwrap();
-                out[2..2 + INFO_LEN].to_vec()
-            })
-            .collect();
+        let key = InUse::new(&prk(), &rng).unwrap();
+        let mut infos = Vec::new();
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            key.try_seal(2, [1; GCM_NONCE_LEN], b"k", b"v", &mut out)
+                .unwrap()
+                .unwrap();
+            infos.push(out[2..2 + INFO_LEN].to_vec());
+        }
         assert_eq!(infos[0], infos[1]);
-        assert_ne!(infos[1], infos[2]);
-        assert_eq!(infos[2], infos[3]);
-        assert_ne!(infos[3], infos[4]);
+        assert_eq!(key.unreported(2), 2);
+        assert_eq!(key.unreported(2), 0);
+        let mut out = Vec::new();
+        assert!(key
+            .try_seal(2, [2; GCM_NONCE_LEN], b"k", b"v", &mut out)
+            .is_none());
+        assert!(out.is_empty() && key.spent(2));
+        assert_eq!(key.unreported(2), 0, "a refused attempt is no write");
+        let other = InUse::new(&prk(), &rng).unwrap();
+        assert_ne!(other.info, key.info);
     }
 }

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntGauge;
 
@@ -21,6 +21,24 @@ pub const DEFAULT_WRITE_WINDOW: Duration = Duration::from_secs(180);
 
 /// No window: writes never stop (an in-process key service, whose Status cannot fail).
 const NO_WINDOW: u64 = u64::MAX;
+
+/// Monotonic time in nanoseconds from the kernel's coarse clock: a vDSO read of the last
+/// tick, several times cheaper than `Instant::now` and checked on every write; its resolution
+/// (one tick, 1–4 ms) is ample for a window of minutes.
+#[cfg(target_os = "linux")]
+pub(crate) fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(t.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Monotonic time in nanoseconds (elsewhere: from `Instant`).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn now_ns() -> u64 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    nanos(BASE.get_or_init(std::time::Instant::now).elapsed())
+}
 
 /// Why a write was refused: how long since the last healthy Status, and the window.
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +49,7 @@ pub(crate) struct Closed {
 
 /// See the module docs.
 pub(crate) struct Health {
-    base: Instant,
-    /// Nanoseconds from `base` to the last fully healthy Status, plus one; 0 = never.
+    /// [`now_ns`] at the last fully healthy Status, plus one; 0 = never.
     last_healthy: AtomicU64,
     /// The window in nanoseconds, or [`NO_WINDOW`].
     window_ns: AtomicU64,
@@ -52,7 +69,6 @@ impl Health {
     pub(crate) fn new(provider: &str) -> Arc<Self> {
         let kms = coffer_metrics::kms::kms();
         let health = Arc::new(Self {
-            base: Instant::now(),
             last_healthy: AtomicU64::new(0),
             window_ns: AtomicU64::new(nanos(DEFAULT_WRITE_WINDOW)),
             first_version: OnceLock::new(),
@@ -99,10 +115,11 @@ impl Health {
         }
     }
 
-    /// Records a fully healthy Status received at `at`: the window re-opens from there.
-    pub(crate) fn mark_healthy(&self, at: Instant) {
-        let ns = nanos(at.saturating_duration_since(self.base)).saturating_add(1);
-        self.last_healthy.fetch_max(ns, Ordering::SeqCst);
+    /// Records a fully healthy Status received at `at_ns` ([`now_ns`]): the window re-opens
+    /// from there.
+    pub(crate) fn mark_healthy(&self, at_ns: u64) {
+        self.last_healthy
+            .fetch_max(at_ns.saturating_add(1), Ordering::SeqCst);
     }
 
     /// Records the outcome of a probe (gauge, last error).
@@ -131,11 +148,7 @@ impl Health {
     fn since_healthy(&self) -> Option<Duration> {
         match self.last_healthy.load(Ordering::SeqCst) {
             0 => None,
-            ns => Some(
-                self.base
-                    .elapsed()
-                    .saturating_sub(Duration::from_nanos(ns - 1)),
-            ),
+            ns => Some(Duration::from_nanos(now_ns().saturating_sub(ns - 1))),
         }
     }
 
@@ -187,7 +200,7 @@ mod tests {
         assert!(h.check_write().is_err(), "never healthy");
         assert_eq!(h.window_left(), None);
         h.set_window(Some(Duration::from_millis(100)));
-        h.mark_healthy(Instant::now());
+        h.mark_healthy(now_ns());
         assert!(h.check_write().is_ok());
         assert!(h.window_left().unwrap() > Duration::from_millis(50));
         std::thread::sleep(Duration::from_millis(120));
