@@ -2,11 +2,10 @@
 //! stdin and stdout.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+mod common;
+use common::{run, stderr};
 
 fn vectors() -> serde_json::Value {
     let path = concat!(
@@ -37,24 +36,6 @@ fn write_config(dir: &Path, providers_yaml: &str) -> PathBuf {
 
 fn aesgcm(name: &str, secret: &str) -> String {
     format!("      - aesgcm:\n          keys:\n            - name: {name}\n              secret: {secret}\n")
-}
-
-fn run(args: &[&str], config: &Path, stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg("--encryption-provider-config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const KEY: &str = "/registry/secrets/default/db-creds";

@@ -3,15 +3,15 @@
 //! KMS vector that kube-apiserver's own transformers wrote.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use coffer_kms::mock::MockPlugin;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_coffer");
+mod common;
+use common::{run, stderr};
+
 const KEY: &str = "/registry/secrets/default/db-creds";
 
 fn vectors() -> Vec<serde_json::Value> {
@@ -45,24 +45,6 @@ fn write_config(dir: &Path, file: &str, providers: &serde_json::Value, endpoint:
 
 fn kms_v2(name: &str, timeout: &str) -> serde_json::Value {
     json!([{ "kms": { "apiVersion": "v2", "name": name, "timeout": timeout } }])
-}
-
-fn run(args: &[&str], config: &Path, stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg("--encryption-provider-config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -346,7 +346,10 @@ fn encrypt_key_id_differing_from_status_is_refused_and_the_old_write_state_kept(
     let e = provider.refresh().unwrap_err().to_string();
     // key_ids appear hashed, as kube-apiserver logs them.
     let hash = coffer_metrics::kms::key_id_hash("3");
-    assert!(e.contains(&format!("Encrypt returned key_id hash {hash:?}")), "{e}");
+    assert!(
+        e.contains(&format!("Encrypt returned key_id hash {hash:?}")),
+        "{e}"
+    );
     assert_eq!(provider.current_key_id().as_deref(), Some("1"));
     // Writes go on with the old state, and read back.
     let key = b"/registry/secrets/default/a";
