@@ -743,3 +743,41 @@ fn help_names_the_flags_and_never_takes_a_pin_value() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// Thales k8s-kms-plugin #67: a token without the mechanism made that plugin panic. Here a real
+/// PKCS#11 module whose token has no mechanism at all (p11-kit's read-only trust store, Debian's
+/// `p11-kit-modules`) must give a clear error naming the token and the mechanism, for serving
+/// and for `rotate`, before any PIN is used.
+#[test]
+fn an_unsupported_mechanism_is_a_clear_error_not_a_panic_thales_kms_plugin_67() {
+    let module = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .iter()
+        .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/pkcs11/p11-kit-trust.so")))
+        .find(|p| p.exists())
+        .expect("p11-kit-trust.so is missing: apt-get install p11-kit-modules");
+    let serve = ["--listen", "unix:///@coffer-kms-no-mechanism"];
+    for sub in [&serve[..], &["rotate"][..]] {
+        let out = coffer()
+            .arg("kms-plugin")
+            .args(sub)
+            .arg("--pkcs11-module")
+            .arg(&module)
+            .args([
+                "--token-label",
+                "System Trust",
+                "--pin-env",
+                "COFFER_TEST_PIN",
+            ])
+            .env("COFFER_TEST_PIN", "unused-pin-value")
+            .output()
+            .unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{sub:?}: {all}");
+        assert!(
+            all.contains("does not support CKM_AES_GCM") && all.contains("System Trust"),
+            "{sub:?}: {all}"
+        );
+        assert!(!all.contains("panicked"), "{all}");
+        assert!(!all.contains("unused-pin-value"), "{all}");
+    }
+}
