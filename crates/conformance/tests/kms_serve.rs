@@ -470,3 +470,84 @@ async fn serve_over_kms_plugin_on_softhsm_rides_out_a_plugin_kill_and_a_kek_rota
     assert!(!plugin_log.contains(&marker));
     assert!(!plugin_log.contains(PIN), "the PIN in the plugin log");
 }
+
+/// Plugin and server may start in either order (aws-encryption-provider #45): `coffer serve`
+/// starts while its plugin's socket does not exist yet, is not ready and refuses writes
+/// cleanly, and serves them once the plugin (here on a key file) answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_before_its_plugin_and_writes_once_it_answers() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("kek.key");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_file)
+        .unwrap();
+    // 32 bytes of 0x42, base64.
+    writeln!(
+        f,
+        "coffer-default-key v1\nQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
+    )
+    .unwrap();
+    drop(f);
+    let socket = dir.path().join("late.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let config = write_config(dir.path(), &endpoint);
+    let coffer = CofferProcess::start(CofferOptions {
+        encryption_provider_config: Some(config),
+        extra_args: ["--kms-status-interval", "300ms", "--kms-write-window", "3s"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut client = kv(&coffer).await;
+    let refused = put(&mut client, "/registry/secrets/default/early", "early")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("KMS provider \"hsm\""),
+        "{refused:?}"
+    );
+    let ready = http(&host_port(&coffer), "GET", "/readyz?verbose");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("[-]kms_providers failed: hsm"),
+        "{}",
+        ready.body
+    );
+
+    let log = std::fs::File::create(dir.path().join("plugin.log")).unwrap();
+    let mut plugin = Command::new(coffer_binary().unwrap())
+        .args(["kms-plugin", "--listen", &endpoint, "--key-file"])
+        .arg(&key_file)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while put(&mut client, "/registry/secrets/default/late", "late")
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "writes did not start after the plugin came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&mut client, "/registry/secrets/default/late")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("late")
+    );
+    assert_eq!(http(&host_port(&coffer), "GET", "/readyz").status, 200);
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+}

@@ -2,9 +2,10 @@
 //! as kube-apiserver does (every minute while all are healthy, every 10 s after a failure),
 //! so a key_id change makes a new seed and a healthy answer keeps the write window open.
 //!
-//! The first probe runs inline at start ([`probe`]); a failure there is logged and serving
-//! goes on (plugin and server may start in either order): reads of cached or decryptable
-//! values work, writes under the plugin wait for its first healthy Status.
+//! The first Status is asked when the keyspace is built; its [`failures`] start the poller (a
+//! failure means the next round comes after 10 s) and serving goes on (plugin and server may
+//! start in either order): reads of decryptable values work, writes under the plugin wait for
+//! its first healthy Status.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -19,14 +20,24 @@ pub const HEALTHY_INTERVAL: Duration = Duration::from_secs(60);
 /// Poll interval after a failure (kube-apiserver's).
 pub const FAILED_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One round of Status calls. Returns the failures as `provider: reason` lines (empty when
-/// all are healthy) and logs changes against `previous`.
-pub fn probe(keyspace: &Keyspace, previous: &[String]) -> Vec<String> {
-    let failures: Vec<String> = keyspace
-        .refresh_kms()
+/// The unhealthy KMS providers of `keyspace` as `provider: reason` lines, as its last Status
+/// round left them (empty when all are healthy).
+pub fn failures(keyspace: &Keyspace) -> Vec<String> {
+    keyspace
+        .kms_health()
         .into_iter()
-        .map(|(provider, e)| format!("{provider}: {e}"))
-        .collect();
+        .filter(|h| !h.healthy)
+        .map(|h| match h.error {
+            Some(e) => format!("{}: {e}", h.provider),
+            None => format!("{}: no healthy Status yet", h.provider),
+        })
+        .collect()
+}
+
+/// One round of Status calls. Returns [`failures`] and logs changes against `previous`.
+pub fn probe(keyspace: &Keyspace, previous: &[String]) -> Vec<String> {
+    keyspace.refresh_kms();
+    let failures = failures(keyspace);
     for f in failures.iter().filter(|f| !previous.contains(f)) {
         warn!(failure = %f, "KMS plugin unhealthy");
     }

@@ -254,7 +254,7 @@ pub(crate) fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()>
 }
 
 /// Flags resolved into paths and settings, checked for conflicts.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Plan {
     name: String,
     pub(crate) data_dir: PathBuf,
@@ -796,18 +796,25 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
              production should use a KMS v2 provider so the key-encryption key stays in an HSM"
         );
     }
-    let keyspace = build_keyspace(&plan, config.as_ref(), key.as_ref())?;
+    // Building asks each KMS plugin for its first Status: blocking calls, off the runtime. The
+    // default key is dropped (and wiped) once its key service exists.
+    let build_plan = plan.clone();
+    let keyspace = tokio::task::spawn_blocking(move || {
+        build_keyspace(&build_plan, config.as_ref(), key.as_ref())
+    })
+    .await
+    .context("building the keyspace panicked")??;
     keyspace.set_kms_write_window(plan.kms_write_window);
     let keyspace = Arc::new(keyspace);
-    drop(key);
-    // The first Status of every KMS plugin, inline; a failure is logged and serving goes on
-    // (plugin and server may start in either order), then the poller keeps asking.
+    // Building the keyspace asked every KMS plugin for its first Status; a failure was logged
+    // and serving goes on (plugin and server may start in either order), and the poller keeps
+    // asking.
     let uses_kms = !keyspace.kms_health().is_empty();
     let poller = if uses_kms {
-        let ks = keyspace.clone();
-        let failures = tokio::task::spawn_blocking(move || coffer_kms::poller::probe(&ks, &[]))
-            .await
-            .context("the first KMS Status probe panicked")?;
+        let failures = coffer_kms::poller::failures(&keyspace);
+        for f in &failures {
+            warn!(failure = %f, "KMS plugin unhealthy at start; writes under it wait for a healthy Status");
+        }
         let healthy = plan.kms_status_interval;
         let failed = healthy.min(coffer_kms::poller::FAILED_INTERVAL);
         Some(
