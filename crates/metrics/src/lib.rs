@@ -226,6 +226,12 @@ pub enum SealResult {
 /// `aesgcm key "key1"`, `aesgcm (keys "k1", "k2")` or `kms v2 "coffer-default"`): the
 /// provider is the text before the first quote or parenthesis, the key the first quoted name.
 pub fn record_seal(op: SealOp, label: &str, result: SealResult) {
+    seal_counter(op, label, result).inc();
+}
+
+/// The counter [`record_seal`] increments, for callers that resolve it once and then only
+/// increment it (a per-value lookup hashes the labels and locks the family's map).
+pub fn seal_counter(op: SealOp, label: &str, result: SealResult) -> IntCounter {
     let (provider, key) = split_label(label);
     let op = match op {
         SealOp::Seal => "seal",
@@ -239,7 +245,6 @@ pub fn record_seal(op: SealOp, label: &str, result: SealResult) {
     metrics()
         .seal_operations
         .with_label_values(&[op, provider, key, result])
-        .inc();
 }
 
 /// `aesgcm key "key1"` → (`aesgcm`, `key1`); `identity` → (`identity`, ``).

@@ -4,36 +4,16 @@
 //! [`coffer_metrics::record_seal`] finds the labelled counter on every call (hash the labels,
 //! lock the metric family's map). Under concurrent LISTs that per-value lookup is a shared
 //! lock on the read path (kubernetes #135408). Here the counters are looked up when a provider
-//! or a rule is built, and a read or write only increments an atomic. Names and labels are
-//! those of `record_seal`: the provider is the label's text before the first quote or
-//! parenthesis (without a trailing ` key`), the key the first quoted name.
+//! or a rule is built ([`coffer_metrics::seal_counter`], the same names and labels), and a read
+//! or write only increments an atomic.
 
 use std::fmt;
 
+use coffer_metrics::{SealOp, SealResult};
 use prometheus::IntCounter;
 
-/// `(provider, key)` of a public label such as `aesgcm key "k1"` or `kms v2 "x" key_id …`.
-fn label_parts(label: &str) -> (&str, &str) {
-    let head = match label.find(['"', '(']) {
-        Some(i) => &label[..i],
-        None => label,
-    };
-    let head = head.trim();
-    let provider = head.strip_suffix(" key").unwrap_or(head);
-    let mut quoted = label.splitn(3, '"');
-    quoted.next();
-    let key = match (quoted.next(), quoted.next()) {
-        (Some(k), Some(_)) => k,
-        _ => "",
-    };
-    (provider, key)
-}
-
-fn counter(op: &str, label: &str, result: &str) -> IntCounter {
-    let (provider, key) = label_parts(label);
-    coffer_metrics::metrics()
-        .seal_operations
-        .with_label_values(&[op, provider, key, result])
+fn counter(op: SealOp, label: &str, result: SealResult) -> IntCounter {
+    coffer_metrics::seal_counter(op, label, result)
 }
 
 /// The `open` counters of one provider key (or one cached seed).
@@ -46,8 +26,8 @@ impl OpenCounters {
     /// The counters of values opened by the provider labelled `label`.
     pub(crate) fn new(label: &str) -> Self {
         Self {
-            ok: counter("open", label, "ok"),
-            stale: counter("open", label, "stale"),
+            ok: counter(SealOp::Open, label, SealResult::Ok),
+            stale: counter(SealOp::Open, label, SealResult::Stale),
         }
     }
 
@@ -79,9 +59,9 @@ impl RuleCounters {
     /// The counters of a rule whose writing provider is labelled `write_label`.
     pub(crate) fn new(write_label: &str) -> Self {
         Self {
-            seal_ok: counter("seal", write_label, "ok"),
-            seal_error: counter("seal", write_label, "error"),
-            open_error: counter("open", write_label, "error"),
+            seal_ok: counter(SealOp::Seal, write_label, SealResult::Ok),
+            seal_error: counter(SealOp::Seal, write_label, SealResult::Error),
+            open_error: counter(SealOp::Open, write_label, SealResult::Error),
         }
     }
 }
@@ -89,21 +69,6 @@ impl RuleCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_split_like_record_seal() {
-        assert_eq!(label_parts("aesgcm key \"k1\""), ("aesgcm", "k1"));
-        assert_eq!(
-            label_parts("aesgcm (keys \"k1\", \"k2\")"),
-            ("aesgcm", "k1")
-        );
-        assert_eq!(label_parts("identity"), ("identity", ""));
-        assert_eq!(
-            label_parts("kms v2 \"x\" key_id \"1\" (HKDF_SHA256_XNONCE_AES_GCM_SEED)"),
-            ("kms v2", "x")
-        );
-        assert_eq!(label_parts("kms v1 \"a"), ("kms v1", ""));
-    }
 
     #[test]
     fn resolved_counters_are_record_seals_counters() {

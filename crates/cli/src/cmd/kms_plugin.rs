@@ -17,7 +17,7 @@ use coffer_kms::plugin::server::parse_metrics_url;
 use coffer_kms::plugin::{
     Backend, KeyFileBackend, Pin, Pkcs11Backend, Pkcs11Config, ServeOptions, TokenSelector,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::serve::{init_logging, LogFormat};
 
@@ -209,6 +209,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .filter(|u| !u.is_empty())
         .map(|u| parse_metrics_url(u))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(addr) = metrics.iter().find(|a| !a.ip().is_loopback()) {
+        // Health and metrics carry no key, seed or PIN (key_ids only hashed); said once, as
+        // every plaintext exposure is.
+        warn!(
+            %addr,
+            "--listen-metrics-urls serves plain HTTP beyond loopback: anyone who can reach it \
+             reads the plugin's health and metrics (no keys, seeds or PINs are in them)"
+        );
+    }
     let backend = args.backend.open()?;
     let key_id = backend
         .refresh()

@@ -1032,6 +1032,38 @@ mod tests {
     }
 
     #[test]
+    fn the_kms_write_window_must_exceed_twice_the_status_interval() {
+        let defaults = parse(&["--default-key-file", "/tmp/k"]).unwrap();
+        assert_eq!(defaults.kms_status_interval, Duration::from_secs(60));
+        assert_eq!(defaults.kms_write_window, Duration::from_secs(180));
+        assert!(Plan::resolve(&defaults).is_ok());
+        let short = [
+            "--default-key-file",
+            "/tmp/k",
+            "--kms-status-interval",
+            "1m",
+            "--kms-write-window",
+            "2m",
+        ];
+        let err = Plan::resolve(&parse(&short).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--kms-write-window") && err.contains("--kms-status-interval"),
+            "{err}"
+        );
+        let tight = [
+            "--default-key-file",
+            "/tmp/k",
+            "--kms-status-interval",
+            "300ms",
+            "--kms-write-window",
+            "1s",
+        ];
+        assert!(Plan::resolve(&parse(&tight).unwrap()).is_ok());
+    }
+
+    #[test]
     fn defaults_follow_etcd() {
         let args = parse(&["--default-key-file", "/tmp/k"]).unwrap();
         assert_eq!(args.name, "default");
