@@ -489,10 +489,55 @@ pub fn grpc_code_name(code: u32) -> &'static str {
     }
 }
 
+/// A `grpc-status` value in snake case (`invalid_argument`), the `result` label of Coffer's
+/// KMS call metrics (client and plugin).
+pub fn grpc_code_label(code: u32) -> &'static str {
+    match code {
+        0 => "ok",
+        1 => "cancelled",
+        3 => "invalid_argument",
+        4 => "deadline_exceeded",
+        5 => "not_found",
+        6 => "already_exists",
+        7 => "permission_denied",
+        8 => "resource_exhausted",
+        9 => "failed_precondition",
+        10 => "aborted",
+        11 => "out_of_range",
+        12 => "unimplemented",
+        13 => "internal",
+        14 => "unavailable",
+        15 => "data_loss",
+        16 => "unauthenticated",
+        _ => "unknown",
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_labels_are_the_code_names_in_snake_case() {
+        for code in 0..=16 {
+            let name = grpc_code_name(code);
+            let mut snake = String::new();
+            for (i, c) in name.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 && name != "OK" {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            // Go spells the code "Canceled"; the label keeps gRPC's "cancelled".
+            let expected = if code == 1 {
+                "cancelled".to_owned()
+            } else {
+                snake
+            };
+            assert_eq!(grpc_code_label(code), expected, "code {code}");
+        }
+    }
 
     /// The `# TYPE` line of `name` in `text`.
     fn type_of<'a>(text: &'a str, name: &str) -> Option<&'a str> {

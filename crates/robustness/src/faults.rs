@@ -574,6 +574,30 @@ impl Injector {
         Ok(())
     }
 
+    /// Reads each of the traffic's first 16 keys once, each read cut at the request timeout:
+    /// per key, the answer (`Ok` for any value or none) or the error, `None` when it timed out.
+    async fn probe_keys(
+        &self,
+        serializable: bool,
+    ) -> Vec<(String, Option<Result<(), tonic::Status>>)> {
+        let mut kv = coffer_proto::kv_client::KvClient::new(self.channel.clone());
+        let mut answers = Vec::with_capacity(16);
+        for i in 0..16 {
+            let key = crate::traffic::gen::key(i);
+            let r = tokio::time::timeout(
+                self.timeout,
+                kv.range(coffer_proto::RangeRequest {
+                    key: key.clone().into_bytes(),
+                    serializable,
+                    ..Default::default()
+                }),
+            )
+            .await;
+            answers.push((key, r.ok().map(|r| r.map(|_| ()))));
+        }
+        answers
+    }
+
     /// Time between two faults: 0.5–2 s.
     fn gap(&mut self) -> Duration {
         Duration::from_millis(500 + self.rng.below(1500))

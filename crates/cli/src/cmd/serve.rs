@@ -739,15 +739,7 @@ pub(crate) fn build_keyspace(
 /// Status and its write window is open.
 fn kms_ready(keyspace: Arc<Keyspace>) -> coffer_server::ReadyCheck {
     coffer_server::ReadyCheck(Arc::new(move || {
-        let failing: Vec<String> = keyspace
-            .kms_health()
-            .into_iter()
-            .filter(|h| !h.healthy)
-            .map(|h| match h.error {
-                Some(e) => format!("{}: {e}", h.provider),
-                None => format!("{}: unhealthy", h.provider),
-            })
-            .collect();
+        let failing = coffer_kms::poller::failures(&keyspace);
         if failing.is_empty() {
             Ok(())
         } else {

@@ -151,25 +151,17 @@ fn invalid(message: impl Into<String>) -> Status {
 }
 
 /// A gRPC code name in snake case (`invalid_argument`), as the metrics label it.
-fn code_label(code: tonic::Code) -> String {
-    let name = coffer_metrics::grpc_code_name(code as u32);
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
+fn code_label(code: tonic::Code) -> &'static str {
+    coffer_metrics::grpc_code_label(code as u32)
 }
 
 /// Records a finished call.
 fn record<T>(rpc: &str, started: Instant, result: &Result<T, Status>) {
     let label = match result {
-        Ok(_) => "ok".to_owned(),
+        Ok(_) => "ok",
         Err(s) => code_label(s.code()),
     };
-    metrics().request(rpc, &label, started.elapsed().as_secs_f64());
+    metrics().request(rpc, label, started.elapsed().as_secs_f64());
 }
 
 /// Runs a backend call on the blocking pool.

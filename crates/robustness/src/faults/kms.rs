@@ -18,12 +18,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine as _;
-use coffer_proto::kv_client::KvClient;
-use coffer_proto::RangeRequest;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use super::{blocking, Injector, Server};
-use crate::traffic::gen;
 use crate::Error;
 
 /// How often Coffer asks the plugin for its Status while healthy (`--kms-status-interval`).
@@ -163,23 +160,12 @@ impl Injector {
         tracing::info!(?down, "KMS plugin killed");
         // Reads go on: every key opens (its seed is cached) or does not exist.
         tokio::time::sleep(down / 2).await;
-        let mut kv = KvClient::new(self.channel.clone());
         let mut refused = Vec::new();
-        for i in 0..16 {
-            let key = gen::key(i);
-            let r = tokio::time::timeout(
-                self.timeout,
-                kv.range(RangeRequest {
-                    key: key.clone().into_bytes(),
-                    serializable: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-            match r {
-                Ok(Ok(_)) => self.stats.kms_reads_during_outage += 1,
-                Ok(Err(status)) => refused.push(format!("{key}: {}", status.message())),
-                Err(_) => refused.push(format!("{key}: timed out")),
+        for (key, answer) in self.probe_keys(true).await {
+            match answer {
+                Some(Ok(())) => self.stats.kms_reads_during_outage += 1,
+                Some(Err(status)) => refused.push(format!("{key}: {}", status.message())),
+                None => refused.push(format!("{key}: timed out")),
             }
         }
         if !refused.is_empty() {

@@ -172,27 +172,14 @@ impl Injector {
         tracing::info!(revision = from, "restarted without key a");
         // Every key either opens or fails with the error that says its value cannot be opened
         // (the key and the reason go to the server log, not to the client).
-        let mut kv = KvClient::new(self.channel.clone());
         let mut unnamed = Vec::new();
-        for i in 0..16 {
-            let key = gen::key(i);
-            let r = tokio::time::timeout(
-                self.timeout,
-                kv.range(RangeRequest {
-                    key: key.clone().into_bytes(),
-                    ..Default::default()
-                }),
-            )
-            .await;
-            match r {
-                Ok(Ok(_)) | Err(_) => {}
-                Ok(Err(status)) => {
-                    self.stats.unopenable_reads_refused += 1;
-                    if status.code() != tonic::Code::Internal
-                        || !status.message().contains("could not be opened")
-                    {
-                        unnamed.push(format!("{key} ({:?}: {})", status.code(), status.message()));
-                    }
+        for (key, answer) in self.probe_keys(false).await {
+            if let Some(Err(status)) = answer {
+                self.stats.unopenable_reads_refused += 1;
+                if status.code() != tonic::Code::Internal
+                    || !status.message().contains("could not be opened")
+                {
+                    unnamed.push(format!("{key} ({:?}: {})", status.code(), status.message()));
                 }
             }
         }
