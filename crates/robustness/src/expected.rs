@@ -91,14 +91,24 @@ impl fmt::Display for Finding {
 }
 
 /// The etcd 3.4.23 bugs this suite hits.
-pub const ETCD_3_4_23: &[Known] = &[Known {
-    issue: 10681,
-    title: "prevKV not returned when the previous version was compacted while the watcher \
-            caught up (event sent without prev_kv instead of cancelling the watch)",
-    fixed_in: "not fixed upstream (open)",
-    source: Source::Watch,
-    kinds: &["prev-kv-missing"],
-}];
+pub const ETCD_3_4_23: &[Known] = &[
+    Known {
+        issue: 10681,
+        title: "prevKV not returned when the previous version was compacted while the watcher \
+                caught up (event sent without prev_kv instead of cancelling the watch)",
+        fixed_in: "not fixed upstream (open)",
+        source: Source::Watch,
+        kinds: &["prev-kv-missing"],
+    },
+    Known {
+        issue: 17529,
+        title: "a slow watcher whose next revision was compacted skips the events it missed \
+                instead of being cancelled (watch event loss after compaction)",
+        fixed_in: "3.4.31, 3.5.13",
+        source: Source::Watch,
+        kinds: &["compacted-not-cancelled"],
+    },
+];
 
 /// etcd-io/etcd#16659: etcd applies a write that crosses the quota and still answers
 /// `database space exceeded` (upstream documented it as intended rather than fixing it). The
