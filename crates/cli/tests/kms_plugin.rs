@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -511,24 +512,36 @@ async fn a_wrong_pin_is_a_clear_error() {
     assert!(!all.contains(wrong) && !all.contains(PIN), "{all}");
     assert!(!hsm.socket().exists());
 
-    // From a file too.
+    // From a file too: first refused for its mode (as written with the default umask), then
+    // read and refused by the token.
     let pin_file = hsm.dir.path().join("pin");
     std::fs::write(&pin_file, format!("{wrong}\n")).unwrap();
-    let mut cmd = coffer();
-    let out = cmd
-        .env("SOFTHSM2_CONF", &hsm.conf)
-        .args([
-            "kms-plugin",
-            "keys",
-            "--pkcs11-module",
-            MODULE,
-            "--token-label",
-            TOKEN,
-        ])
-        .arg("--pin-file")
-        .arg(&pin_file)
-        .output()
-        .unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let keys_with_pin_file = || {
+        coffer()
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .args([
+                "kms-plugin",
+                "keys",
+                "--pkcs11-module",
+                MODULE,
+                "--token-label",
+                TOKEN,
+            ])
+            .arg("--pin-file")
+            .arg(&pin_file)
+            .output()
+            .unwrap()
+    };
+    let out = keys_with_pin_file();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("has mode 0644") && all.contains("chmod 600") && !all.contains(wrong),
+        "{all}"
+    );
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = keys_with_pin_file();
     assert!(!out.status.success());
     let all = text(&out);
     assert!(

@@ -47,7 +47,10 @@ impl Plugin {
     fn new() -> Plugin {
         let dir = tempfile::tempdir().unwrap();
         let token = SoftHsmToken::init(dir.path(), "coffer-serve", PIN, "1357").unwrap();
-        std::fs::write(dir.path().join("pin"), PIN).unwrap();
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, PIN).unwrap();
+        std::fs::set_permissions(&pin, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let socket = dir.path().join("kms.sock");
         let log = dir.path().join("plugin.log");
         let plugin = Plugin {

@@ -12,7 +12,7 @@
 //!
 //! Everything can be changed while it runs (key_id, healthz, version, annotations, a lying
 //! Encrypt, a gRPC error for every call, a delay); it counts the calls of each RPC and records
-//! the `:authority` of every request. [`MockPlugin::stop`] (and dropping it) closes the socket
+//! the `:authority` of every request and the `grpc-timeout` of the last one. [`MockPlugin::stop`] (and dropping it) closes the socket
 //! and every connection at once, like a killed plugin, and removes the socket file.
 //!
 //! The server is a plain tonic server: its HTTP/2 layer refuses an `:authority` that is a
@@ -81,6 +81,7 @@ struct State {
     settings: Mutex<Settings>,
     counters: Counters,
     authorities: Mutex<Vec<String>>,
+    grpc_timeout: Mutex<Option<String>>,
 }
 
 impl State {
@@ -105,6 +106,16 @@ impl State {
             )),
             None => Ok(()),
         }
+    }
+
+    fn record_grpc_timeout(&self, headers: &http::HeaderMap) {
+        let value = headers
+            .get("grpc-timeout")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        *self
+            .grpc_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = value;
     }
 
     fn record_authority(&self, uri: &http::Uri) {
@@ -266,6 +277,7 @@ impl MockPlugin {
             }),
             counters: Counters::default(),
             authorities: Mutex::new(Vec::new()),
+            grpc_timeout: Mutex::new(None),
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
@@ -361,6 +373,15 @@ impl MockPlugin {
         }
     }
 
+    /// The `grpc-timeout` header of the last request (`None` when it had none), as sent.
+    pub fn last_grpc_timeout(&self) -> Option<String> {
+        self.state
+            .grpc_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Every distinct `:authority` requests carried, in order of first appearance.
     pub fn authorities(&self) -> Vec<String> {
         self.state
@@ -422,6 +443,7 @@ fn serve(
         let record =
             tower::util::MapRequestLayer::new(move |request: http::Request<tonic::body::Body>| {
                 seen.record_authority(request.uri());
+                seen.record_grpc_timeout(request.headers());
                 request
             });
         let server = tonic::transport::Server::builder()

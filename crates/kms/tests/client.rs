@@ -116,6 +116,21 @@ fn calls_metric(provider: &str, rpc: &str, result: &str) -> u64 {
 /// `CALLER_GRACE` by construction, plus the time to wake the caller.
 const SLACK: Duration = Duration::from_millis(200);
 
+/// A `grpc-timeout` header value (`<digits><unit>`, units H M S m u n) as a duration.
+fn grpc_timeout(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().unwrap_or_else(|_| panic!("{value:?}"));
+    match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => panic!("unit of {value:?}"),
+    }
+}
+
 fn abstract_endpoint() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
@@ -156,6 +171,12 @@ fn v2_round_trip_sends_localhost_as_authority_and_counts_metrics() {
     let seed_back = s.service.decrypt("uid-2", &request).unwrap();
     assert_eq!(seed_back.expose_secret(), &seed);
     assert_eq!(s.mock.authorities(), vec!["localhost".to_owned()]);
+    // Each request carries the time its caller has left, so the plugin can stop in time.
+    let left = grpc_timeout(&s.mock.last_grpc_timeout().expect("a grpc-timeout header"));
+    assert!(
+        left <= Duration::from_secs(3) && left > Duration::from_secs(1),
+        "{left:?}"
+    );
     let calls = s.mock.calls();
     assert_eq!((calls.status, calls.encrypt, calls.decrypt), (1, 1, 1));
     for rpc in ["Status", "Encrypt", "Decrypt"] {

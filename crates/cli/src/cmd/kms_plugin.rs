@@ -106,7 +106,8 @@ struct BackendArgs {
     /// Slot id of the token (instead of --token-label).
     #[arg(long, env = "COFFER_PKCS11_SLOT")]
     slot: Option<u64>,
-    /// File holding the token's user PIN (one line).
+    /// File holding the token's user PIN (one line; mode 0600 or 0400, refused if group or
+    /// others may read it).
     #[arg(long, env = "COFFER_PKCS11_PIN_FILE", conflicts_with = "pin_env")]
     pin_file: Option<PathBuf>,
     /// Name of the environment variable holding the token's user PIN.

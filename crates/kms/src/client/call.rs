@@ -132,11 +132,11 @@ impl Target {
     }
 
     /// Runs `rpc` on the client's runtime until it answers, retrying while the socket cannot
-    /// be dialled, cut at `deadline`. Blocks the calling thread (never running a runtime on
-    /// it) until then plus [`CALLER_GRACE`].
+    /// be dialled, cut at `deadline`; `rpc` is given the time left, for [`timed`]. Blocks the
+    /// calling thread (never running a runtime on it) until then plus [`CALLER_GRACE`].
     pub(crate) fn call<T, F, Fut>(&self, deadline: Instant, rpc: F) -> Result<T, CallError>
     where
-        F: FnMut() -> Fut + Send + 'static,
+        F: FnMut(Duration) -> Fut + Send + 'static,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send + 'static,
         T: Send + 'static,
     {
@@ -234,13 +234,14 @@ async fn until_answered<T, F, Fut>(
     mut rpc: F,
 ) -> Result<T, CallError>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let mut backoff = FIRST_BACKOFF;
     let mut socket = None;
     loop {
-        match tokio::time::timeout_at(deadline, rpc()).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout_at(deadline, rpc(left)).await {
             Err(_) => return Err(CallError::Timeout { socket }),
             Ok(Ok(answer)) => return Ok(answer.into_inner()),
             Ok(Err(status)) => match not_ready(&status) {
@@ -253,6 +254,14 @@ where
                     tokio::time::sleep_until((now + backoff).min(deadline)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                // The plugin gave up at the deadline its `grpc-timeout` named (tonic answers
+                // Cancelled, grpc-go DeadlineExceeded) just before our own timer fired: that
+                // is this call's timeout, reported as such.
+                None if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
+                    && tokio::time::Instant::now() >= deadline =>
+                {
+                    return Err(CallError::Timeout { socket });
+                }
                 None => {
                     return Err(CallError::Status {
                         code: status.code(),
@@ -262,6 +271,15 @@ where
             },
         }
     }
+}
+
+/// `message` as a request carrying `left` as its `grpc-timeout`, so the plugin may stop working
+/// on a call its caller has given up on (kube-apiserver's client sends its deadline the same
+/// way).
+pub(crate) fn timed<T>(message: T, left: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(left);
+    request
 }
 
 /// The dial error, if `status` comes from failing to connect (the request was never sent).

@@ -6,7 +6,7 @@ use std::time::Instant;
 use coffer_seal::key_service::{KeyServiceError, KeyServiceV1};
 use coffer_seal::SecretBytes;
 
-use super::call::Target;
+use super::call::{timed, Target};
 use crate::proto::v1beta1 as pb;
 use pb::key_management_service_client::KeyManagementServiceClient;
 
@@ -46,14 +46,15 @@ impl V1Service {
         let client = self.client();
         let answer = self
             .target
-            .call(deadline, move || {
+            .call(deadline, move |left| {
                 let mut c = client.clone();
-                async move {
-                    c.version(pb::VersionRequest {
+                let request = timed(
+                    pb::VersionRequest {
                         version: API_VERSION.to_owned(),
-                    })
-                    .await
-                }
+                    },
+                    left,
+                );
+                async move { c.version(request).await }
             })
             .map_err(|e| match self.target.failed("Version", started, e) {
                 KeyServiceError::Unavailable(m) => KeyServiceError::Unavailable(format!(
@@ -88,12 +89,15 @@ impl KeyServiceV1 for V1Service {
         let cipher = ciphertext.to_vec();
         let answer = self
             .target
-            .call(deadline, move || {
+            .call(deadline, move |left| {
                 let mut c = client.clone();
-                let request = pb::DecryptRequest {
-                    version: API_VERSION.to_owned(),
-                    cipher: cipher.clone(),
-                };
+                let request = timed(
+                    pb::DecryptRequest {
+                        version: API_VERSION.to_owned(),
+                        cipher: cipher.clone(),
+                    },
+                    left,
+                );
                 async move { c.decrypt(request).await }
             })
             .map_err(|e| self.target.failed("Decrypt", started, e))?;

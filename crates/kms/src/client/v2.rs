@@ -11,7 +11,7 @@ use coffer_seal::providers::kmsv2::object;
 use coffer_seal::SecretBytes;
 use zeroize::Zeroizing;
 
-use super::call::Target;
+use super::call::{timed, Target};
 use crate::proto::v2 as pb;
 use pb::key_management_service_client::KeyManagementServiceClient;
 
@@ -74,9 +74,9 @@ impl KeyService for V2Service {
         let client = self.client();
         let answer = self
             .target
-            .call(self.target.deadline(), move || {
+            .call(self.target.deadline(), move |left| {
                 let mut c = client.clone();
-                async move { c.status(pb::StatusRequest {}).await }
+                async move { c.status(timed(pb::StatusRequest {}, left)).await }
             })
             .map_err(|e| self.target.failed("Status", started, e))?;
         if let Err(why) = self.check_status(&answer) {
@@ -97,12 +97,15 @@ impl KeyService for V2Service {
         let uid = uid.to_owned();
         let answer = self
             .target
-            .call(self.target.deadline(), move || {
+            .call(self.target.deadline(), move |left| {
                 let mut c = client.clone();
-                let request = pb::EncryptRequest {
-                    plaintext: seed.to_vec(),
-                    uid: uid.clone(),
-                };
+                let request = timed(
+                    pb::EncryptRequest {
+                        plaintext: seed.to_vec(),
+                        uid: uid.clone(),
+                    },
+                    left,
+                );
                 async move { c.encrypt(request).await }
             })
             .map_err(|e| self.target.failed("Encrypt", started, e))?;
@@ -129,10 +132,10 @@ impl KeyService for V2Service {
         };
         let answer = self
             .target
-            .call(self.target.deadline(), move || {
+            .call(self.target.deadline(), move |left| {
                 let mut c = client.clone();
-                let message = message.clone();
-                async move { c.decrypt(message).await }
+                let request = timed(message.clone(), left);
+                async move { c.decrypt(request).await }
             })
             .map_err(|e| self.target.failed("Decrypt", started, e))?;
         self.target.unwrapped(started, answer.plaintext)

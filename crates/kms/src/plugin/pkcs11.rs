@@ -53,6 +53,8 @@ const IV_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Length of a KEK's `CKA_ID`: generation (4) and random bytes (16).
 const ID_LEN: usize = 20;
+/// The longest PIN file read (a PIN is a line; anything longer is the wrong file).
+const MAX_PIN_FILE_LEN: u64 = 4096;
 
 /// Which token to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,15 +83,41 @@ impl Pin {
         Pin(AuthPin::from(pin))
     }
 
-    /// Reads the PIN from a file (one line; a trailing newline is dropped).
+    /// Reads the PIN from a file (one line; a trailing newline is dropped). Refuses a file
+    /// that group or others may read or write, as the key-file backend does.
     pub fn from_file(path: &Path) -> Result<Self, PluginError> {
-        let text =
-            Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|source| PluginError::Io {
-                    context: format!("cannot read the PIN file {}", path.display()),
-                    source,
-                })?,
-            );
+        use std::io::Read as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let io = |what: &str| {
+            let context = format!("cannot {what} the PIN file {}", path.display());
+            move |source| PluginError::Io { context, source }
+        };
+        let file = std::fs::File::open(path).map_err(io("open"))?;
+        let meta = file.metadata().map_err(io("inspect"))?;
+        if !meta.is_file() {
+            return Err(PluginError::Config(format!(
+                "the PIN file {} is not a regular file",
+                path.display()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(PluginError::Config(format!(
+                "the PIN file {} has mode {mode:04o}: group or others may read it; \
+                 `chmod 600` it (from a Kubernetes Secret volume, set defaultMode: 0400)",
+                path.display()
+            )));
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.take(MAX_PIN_FILE_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(io("read"))?;
+        if text.len() as u64 > MAX_PIN_FILE_LEN {
+            return Err(PluginError::Config(format!(
+                "the PIN file {} is longer than {MAX_PIN_FILE_LEN} bytes: is it the right file?",
+                path.display()
+            )));
+        }
         let pin = text.trim_end_matches(['\n', '\r']);
         if pin.is_empty() {
             return Err(PluginError::Config(format!(
@@ -718,6 +746,51 @@ mod tests {
             "{a}"
         );
         assert!(!a.contains("serial"));
+    }
+
+    #[test]
+    fn a_pin_file_others_may_read_is_refused_naming_file_and_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pin");
+        std::fs::write(&path, "s3cret-pin\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Pin::from_file(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string())
+                    && e.contains(&format!("{mode:04o}"))
+                    && e.contains("chmod 600"),
+                "{e}"
+            );
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(Pin::from_file(&path).is_ok(), "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_pin_file_must_be_a_short_regular_file_with_a_pin() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let e = Pin::from_file(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = Pin::from_file(&dir.path().join("absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot open the PIN file"), "{e}");
+        let path = dir.path().join("pin");
+        for (text, why) in [
+            ("\n".to_owned(), "is empty"),
+            ("7".repeat(5000), "longer than 4096 bytes"),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = Pin::from_file(&path).unwrap_err().to_string();
+            assert!(e.contains(why) && !e.contains("7777777"), "{e}");
+        }
     }
 
     #[test]

@@ -187,9 +187,26 @@ fn backend_status(operation: &str, e: &PluginError) -> Status {
     Status::new(e.code(), e.to_string())
 }
 
+/// The longest caller-given text (a request's uid, an annotation) a log line or error repeats.
+const LOGGABLE_CHARS: usize = 128;
+
+/// `text` as a log line or error may show it: control characters escaped (no forged log
+/// lines), cut at [`LOGGABLE_CHARS`] characters with `…` (a caller cannot flood the log).
+fn loggable(text: &str) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(LOGGABLE_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(LOGGABLE_CHARS).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 impl KmsPluginService {
     async fn encrypt_inner(&self, req: EncryptRequest) -> Result<EncryptResponse, Status> {
-        let uid = req.uid;
+        let uid = loggable(&req.uid);
         let plaintext = Zeroizing::new(req.plaintext);
         if plaintext.is_empty() {
             return Err(invalid("the plaintext is empty"));
@@ -225,7 +242,7 @@ impl KmsPluginService {
     }
 
     async fn decrypt_inner(&self, req: DecryptRequest) -> Result<DecryptResponse, Status> {
-        let uid = req.uid;
+        let uid = loggable(&req.uid);
         let hash = key_id_hash(&req.key_id);
         if req.key_id.is_empty() {
             return Err(invalid("the key_id is empty"));
@@ -236,8 +253,8 @@ impl KmsPluginService {
         match req.annotations.get(FORMAT_ANNOTATION) {
             Some(v) if v.as_slice() != self.backend.format().as_bytes() => {
                 return Err(invalid(format!(
-                    "annotation {FORMAT_ANNOTATION} is {:?}; this plugin writes {:?}",
-                    String::from_utf8_lossy(v),
+                    "annotation {FORMAT_ANNOTATION} is \"{}\"; this plugin writes {:?}",
+                    loggable(&String::from_utf8_lossy(v)),
                     self.backend.format()
                 )));
             }
@@ -307,6 +324,24 @@ impl KeyManagementService for KmsPluginService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_text_is_escaped_and_capped_before_it_is_logged() {
+        let uuid = "5d0bd7a4-2a47-4bb8-9a3b-0c1f6d3c9e21";
+        assert_eq!(loggable(uuid), uuid);
+        assert_eq!(
+            loggable("a\nlevel=ERROR forged\u{1b}[31m"),
+            "a\\nlevel=ERROR forged\\u{1b}[31m"
+        );
+        let long = "é".repeat(10_000);
+        let shown = loggable(&long);
+        assert_eq!(shown.chars().count(), LOGGABLE_CHARS + 1);
+        assert!(shown.ends_with('…'));
+        assert_eq!(
+            loggable(&"x".repeat(LOGGABLE_CHARS)),
+            "x".repeat(LOGGABLE_CHARS)
+        );
+    }
 
     #[test]
     fn code_labels_are_snake_case() {
