@@ -122,9 +122,26 @@ fn encrypt_then_decrypt_round_trip_with_kms_v2() {
     let dec = run(&["decrypt", "--key", KEY], &config, &enc.stdout);
     assert!(dec.status.success(), "{}", stderr(&dec));
     assert_eq!(dec.stdout, b"hunter2");
-    // The decrypt run has its own seed: the value's seed came back through Decrypt.
-    assert!(mock.calls().decrypt >= 1);
+    // The value's seed came back through one Decrypt; the Status asked afterwards (for
+    // staleness) makes the run's own write seed, as kube-apiserver's first Status does.
+    assert_eq!((mock.calls().encrypt, mock.calls().decrypt), (2, 1));
     assert!(stderr(&dec).contains("stale: no"), "{}", stderr(&dec));
+    // Staleness is against the plugin's current key_id, asked after opening.
+    mock.set_key_id("2");
+    let dec = run(&["decrypt", "--key", KEY], &config, &enc.stdout);
+    assert_eq!(dec.stdout, b"hunter2");
+    assert!(stderr(&dec).contains("stale: yes"), "{}", stderr(&dec));
+    mock.set_healthz("token gone");
+    let dec = run(&["decrypt", "--key", KEY], &config, &enc.stdout);
+    assert_eq!(dec.stdout, b"hunter2", "reads need no healthy Status");
+    let e = stderr(&dec);
+    assert!(
+        e.contains("stale: unknown (kms v2 \"vault\" answered no Status")
+            && e.contains("token gone"),
+        "{e}"
+    );
+    assert_eq!(mock.calls().decrypt, 3, "one per decrypt run");
+    mock.set_healthz("ok");
 
     // A plugin that refuses: a clear error naming the code, nothing on stdout.
     mock.fail_with(Some(tonic::Code::PermissionDenied));
@@ -159,17 +176,25 @@ fn an_absent_plugin_socket_is_a_clear_error() {
         "{e}"
     );
     assert!(e.contains("No such file or directory"), "{e}");
-    // Two Status calls (at start and before the write), each cut at the timeout.
+    // One Status call (building the keyspace asks nothing), cut at the timeout: well under
+    // two timeouts and a process start.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_millis(600 + 400),
         "{:?}",
         started.elapsed()
     );
 
+    let started = Instant::now();
     let out = run(
         &["decrypt", "--key", KEY],
         &config,
         b"k8s:enc:kms:v2:vault:\x0a\x03abc\x12\x011\x1a\x01x",
+    );
+    // The Decrypt and the diagnosis's own try, each cut at the timeout; no Status.
+    assert!(
+        started.elapsed() < Duration::from_millis(2 * 300 + 400),
+        "{:?}",
+        started.elapsed()
     );
     assert_eq!(out.status.code(), Some(1));
     let e = stderr(&out);

@@ -2,10 +2,10 @@
 //! as kube-apiserver does (every minute while all are healthy, every 10 s after a failure),
 //! so a key_id change makes a new seed and a healthy answer keeps the write window open.
 //!
-//! The first Status is asked when the keyspace is built; its [`failures`] start the poller (a
-//! failure means the next round comes after 10 s) and serving goes on (plugin and server may
-//! start in either order): reads of decryptable values work, writes under the plugin wait for
-//! its first healthy Status.
+//! `coffer serve` asks the first Status right after building the keyspace; its [`failures`]
+//! start the poller (a failure means the next round comes after 10 s) and serving goes on
+//! (plugin and server may start in either order): reads of decryptable values work, writes
+//! under the plugin wait for its first healthy Status.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;

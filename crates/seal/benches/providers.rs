@@ -165,6 +165,7 @@ fn kms_vs_aesgcm(c: &mut Criterion) {
     )
     .expect("aesgcm");
     let kms = build_chain(&[kms_config("bench")], &connector, &rng).expect("kms v2");
+    kms.refresh().expect("the first Status");
     // kube-apiserver's writer, same provider name and plugin: its values read through `kms`.
     let kube = KmsV2::new("bench", svc, rng.clone());
     kube.refresh().expect("status");
@@ -298,6 +299,7 @@ fn open_contention(c: &mut Criterion) {
     };
     let ks =
         Arc::new(Keyspace::new_kms_only(&config, "/registry", &Local(svc), rng).expect("keyspace"));
+    assert!(ks.refresh_kms().is_empty(), "the first Status");
     let plaintext = vec![0x5au8; 1024];
     let values: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..VALUES)

@@ -630,10 +630,24 @@ fn kms_only_keyspace_seals_uncovered_keys_with_the_all_rule() {
         ),
     ]);
     assert!(kms_seals_everything(&cfg));
+    // Building asks the plugin nothing (a Status fails here): writes wait for a first
+    // refresh, and no Encrypt was made.
+    plugin.set(|a| a.status_fails = true);
     let ks = Keyspace::new_kms_only(&cfg, "/registry", &Connector(plugin.clone()), rng()).unwrap();
     assert!(!ks.has_default());
     assert!(ks.is_covered(b"/registry/configmaps/ns/a"));
     assert!(!ks.is_covered(b"compact_rev_key"));
+    assert_eq!(plugin.encrypts.load(Ordering::SeqCst), 0);
+    assert!(ks.kms_health().iter().all(|h| !h.healthy));
+    assert!(ks.seal(b"compact_rev_key", b"v").is_err());
+    assert_eq!(ks.refresh_kms().len(), 2, "both providers ask, both fail");
+    plugin.set(|a| a.status_fails = false);
+    assert!(ks.refresh_kms().is_empty());
+    assert_eq!(
+        plugin.encrypts.load(Ordering::SeqCst),
+        2,
+        "one seed per provider"
+    );
     for key in ["compact_rev_key", "/other/x", "/registry/configmaps/ns/a"] {
         let s = ks.seal(key.as_bytes(), b"v").unwrap();
         assert!(s.starts_with(b"k8s:enc:kms:v2:ks-all:"), "{key}");

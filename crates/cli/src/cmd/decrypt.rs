@@ -33,19 +33,32 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_, ks) = keyspace(&args.encryption_provider_config, &args.etcd_prefix)?;
     let stored = read_input(args.hex)?;
-    let d = ks.diagnose(args.key.as_bytes(), &stored);
+    let mut d = ks.diagnose(args.key.as_bytes(), &stored);
+    // Staleness is judged against each KMS v2 plugin's current key_id, asked only once the
+    // value opened: an unreachable plugin costs the Decrypt's wait alone. Opening again makes
+    // no plugin call (the seed is cached).
+    let mut status_failed = Vec::new();
+    if d.result.is_ok() && !ks.kms_health().is_empty() {
+        status_failed = ks.refresh_kms();
+        d = ks.diagnose(args.key.as_bytes(), &stored);
+    }
     match d.result {
         Ok(opened) => {
             write_output(&opened.plaintext, args.hex)?;
-            eprintln!(
-                "decrypted by {} (rule {}); stale: {}",
-                opened.provider,
-                d.rule,
-                if opened.stale {
+            let opener_failed = status_failed
+                .iter()
+                .find(|(provider, _)| opened.provider.starts_with(provider.as_str()));
+            let stale = match opener_failed {
+                Some((provider, e)) => format!("unknown ({provider} answered no Status: {e})"),
+                None if opened.stale => {
                     "yes (kube-apiserver rewrites it with the first provider on the next update)"
-                } else {
-                    "no"
+                        .to_owned()
                 }
+                None => "no".to_owned(),
+            };
+            eprintln!(
+                "decrypted by {} (rule {}); stale: {stale}",
+                opened.provider, d.rule
             );
             Ok(ExitCode::SUCCESS)
         }

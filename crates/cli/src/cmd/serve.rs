@@ -788,19 +788,20 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
              production should use a KMS v2 provider so the key-encryption key stays in an HSM"
         );
     }
-    // Building asks each KMS plugin for its first Status: blocking calls, off the runtime. The
-    // default key is dropped (and wiped) once its key service exists.
+    // The keyspace is built, then each KMS plugin asked for its first Status: blocking calls,
+    // off the runtime. The default key is dropped (and wiped) once its key service exists.
     let build_plan = plan.clone();
     let keyspace = tokio::task::spawn_blocking(move || {
-        build_keyspace(&build_plan, config.as_ref(), key.as_ref())
+        let keyspace = build_keyspace(&build_plan, config.as_ref(), key.as_ref())?;
+        keyspace.set_kms_write_window(build_plan.kms_write_window);
+        keyspace.refresh_kms();
+        anyhow::Ok(keyspace)
     })
     .await
     .context("building the keyspace panicked")??;
-    keyspace.set_kms_write_window(plan.kms_write_window);
     let keyspace = Arc::new(keyspace);
-    // Building the keyspace asked every KMS plugin for its first Status; a failure was logged
-    // and serving goes on (plugin and server may start in either order), and the poller keeps
-    // asking.
+    // A failed first Status is logged and serving goes on (plugin and server may start in
+    // either order); the poller keeps asking.
     let uses_kms = !keyspace.kms_health().is_empty();
     let poller = if uses_kms {
         let failures = coffer_kms::poller::failures(&keyspace);

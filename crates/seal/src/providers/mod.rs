@@ -283,7 +283,7 @@ pub fn build_counted(
 
 /// [`build_counted`], also handing each KMS v2 provider built to `kms_v2` (the keyspace
 /// reports their health and sets their windows and cache limits). KMS v2 providers write with
-/// [`kmsv2::KmsV2::with_key_reuse`].
+/// [`kmsv2::KmsV2::with_key_reuse`], once refreshed: building asks no plugin anything.
 pub(crate) fn build_collecting(
     provider: &ProviderConfiguration,
     kms: &dyn KmsConnector,
@@ -348,15 +348,13 @@ pub(crate) fn build_collecting(
                     name: cfg.name.clone(),
                     cause,
                 })?;
+                // No plugin call here: building never waits on a plugin. Writes need a first
+                // Status (`Transformer::refresh`, `Keyspace::refresh_kms`); reads do not.
                 let t = Arc::new(kmsv2::KmsV2::with_key_reuse(
                     &cfg.name,
                     service,
                     rng.clone(),
                 ));
-                if let Err(e) = t.refresh() {
-                    tracing::warn!(provider = %cfg.name, error = %e,
-                        "kms v2 provider has no write key yet; reads still work");
-                }
                 kms_v2.push(t.clone());
                 t.prefix_transformer()
             }
