@@ -142,8 +142,12 @@ impl Plugin {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = plugin.try_client().await {
-                if c.status(StatusRequest {}).await.is_ok() {
-                    return plugin;
+                // Any answer of the plugin's own, an error included (a plugin without a key
+                // yet answers Unavailable); a transport error carries its cause as source.
+                match c.status(StatusRequest {}).await {
+                    Ok(_) => return plugin,
+                    Err(e) if std::error::Error::source(&e).is_none() => return plugin,
+                    Err(_) => {}
                 }
             }
             if let Some(status) = plugin.child.as_mut().unwrap().try_wait().unwrap() {
@@ -599,6 +603,61 @@ async fn a_token_that_disappears_makes_status_and_healthz_unhealthy() {
     assert_eq!(body, s.healthz);
     let (_, metrics) = plugin.get("/metrics");
     assert!(metrics.contains("coffer_kms_plugin_healthy 0"), "{metrics}");
+}
+
+/// A plugin started before its HSM (a static pod first, a network HSM still coming up) serves
+/// at once: Status fails `Unavailable` saying the token is not found, and turns healthy when
+/// the token and its first key appear, without a restart.
+#[tokio::test]
+async fn a_token_that_appears_after_start_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    // The configuration and another token exist; ours does not yet.
+    let other = SoftHsmToken::init(dir.path(), "someone-else", PIN, SO_PIN).unwrap();
+    let hsm = Hsm {
+        dir,
+        conf: other.conf,
+        slot: None,
+    };
+    let plugin = serve(&hsm).await;
+    let mut c = plugin.client().await;
+    let e = c.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&format!("\"{TOKEN}\" not found")),
+        "{e:?}"
+    );
+    let (code, body) = plugin.get("/healthz");
+    assert_eq!(code, 503, "{body}");
+    let e = c
+        .encrypt(EncryptRequest {
+            plaintext: vec![1; 32],
+            uid: "early".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(plugin.log_text().contains("cannot be reached yet"));
+
+    let out = hsm
+        .tool("softhsm2-util")
+        .args(["--init-token", "--free", "--label", TOKEN])
+        .args(["--pin", PIN, "--so-pin", SO_PIN])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let key_id = hsm.rotate();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let s = loop {
+        match c.status(StatusRequest {}).await {
+            Ok(s) if s.get_ref().healthz == "ok" => break status(&mut c).await,
+            other => assert!(Instant::now() < deadline, "still not healthy: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(s.key_id, key_id);
+    let sealed = encrypt(&mut c, &[9u8; 32]).await;
+    assert_eq!(decrypt(&mut c, &sealed).await, vec![9u8; 32]);
+    assert_eq!(plugin.get("/healthz").0, 200);
 }
 
 /// kube-apiserver before 1.32 sends the socket path as `:authority` (kubernetes #126929),

@@ -15,7 +15,8 @@ use anyhow::{bail, Context};
 use coffer_kms::endpoint::SocketAddress;
 use coffer_kms::plugin::server::parse_metrics_url;
 use coffer_kms::plugin::{
-    Backend, KeyFileBackend, Pin, Pkcs11Backend, Pkcs11Config, ServeOptions, TokenSelector,
+    Backend, KeyFileBackend, Pin, Pkcs11Backend, Pkcs11Config, PluginError, ServeOptions,
+    TokenSelector,
 };
 use tracing::{info, warn};
 
@@ -53,7 +54,9 @@ wrapped with CKM_AES_GCM inside it, a random 12-byte IV per call and the key_id 
 data) or, for development, in a coffer default-key file (the same key_id and format as coffer \
 serve's default key).\n\n\
 Status answers healthz \"ok\" only after a real wrap and unwrap through the backend (cached 5 s \
-after success, 1 s after failure). Rotate with `coffer kms-plugin rotate`: the new KEK becomes \
+after success, 1 s after failure). A token that is not there yet at start is waited for (Status \
+unhealthy, saying why); a PIN the token refuses exits at start and, if the PIN changes under a \
+running plugin, is never sent again (so retries cannot lock the token). Rotate with `coffer kms-plugin rotate`: the new KEK becomes \
 current within 5 s in a running plugin and older KEKs keep decrypting.\n\n",
         examples!()
     )
@@ -129,7 +132,8 @@ struct BackendArgs {
 }
 
 impl BackendArgs {
-    fn pkcs11(&self) -> anyhow::Result<Pkcs11Backend> {
+    /// The token backend; `serving`: it may start before its token appears.
+    fn pkcs11(&self, serving: bool) -> anyhow::Result<Pkcs11Backend> {
         let Some(module) = self.pkcs11_module.clone() else {
             bail!(
                 "name the KEK's home: --pkcs11-module (with --token-label or --slot) or --key-file"
@@ -147,18 +151,23 @@ impl BackendArgs {
                 "give the token's PIN with --pin-file or --pin-env (never on the command line)"
             ),
         };
-        Ok(Pkcs11Backend::open(Pkcs11Config {
+        let config = Pkcs11Config {
             module,
             token,
             pin,
             key_label: self.key_label.clone(),
-        })?)
+        };
+        Ok(if serving {
+            Pkcs11Backend::open_waiting_for_token(config)?
+        } else {
+            Pkcs11Backend::open(config)?
+        })
     }
 
-    fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
+    fn open(&self, serving: bool) -> anyhow::Result<Arc<dyn Backend>> {
         match &self.key_file {
             Some(path) => Ok(Arc::new(KeyFileBackend::load(path, &self.old_key_file)?)),
-            None => Ok(Arc::new(self.pkcs11()?)),
+            None => Ok(Arc::new(self.pkcs11(serving)?)),
         }
     }
 }
@@ -175,7 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                      --old-key-file"
                 );
             }
-            let token = backend.pkcs11()?;
+            let token = backend.pkcs11(false)?;
             let key_id = token.rotate()?;
             println!("{key_id}");
             eprintln!(
@@ -188,8 +197,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(Action::Keys(backend)) => {
             init_logging(LogFormat::Text, "warn")?;
             let key_ids = match &backend.key_file {
-                Some(_) => vec![backend.open()?.refresh()?],
-                None => backend.pkcs11()?.key_ids()?,
+                Some(_) => vec![backend.open(false)?.refresh()?],
+                None => backend.pkcs11(false)?.key_ids()?,
             };
             for k in key_ids {
                 println!("{k}");
@@ -219,15 +228,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
              reads the plugin's health and metrics (no keys, seeds or PINs are in them)"
         );
     }
-    let backend = args.backend.open()?;
-    let key_id = backend
-        .refresh()
-        .with_context(|| format!("cannot use {}", backend.describe()))?;
-    info!(
-        backend = %backend.describe(),
-        key_id_hash = %coffer_kms::plugin::key_id_hash(&key_id),
-        "key-encryption key ready"
-    );
+    let backend = args.backend.open(true)?;
+    match backend.refresh() {
+        Ok(key_id) => info!(
+            backend = %backend.describe(),
+            key_id_hash = %coffer_kms::plugin::key_id_hash(&key_id),
+            "key-encryption key ready"
+        ),
+        // A token not there yet (a network HSM still coming up, a static pod started first):
+        // serve, answering an unhealthy Status that says why, until it appears.
+        Err(PluginError::Unavailable(why)) => warn!(
+            backend = %backend.describe(),
+            reason = %why,
+            "no key-encryption key yet: serving, Status unhealthy until the token and its key \
+             are there"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot use {}", backend.describe())),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)

@@ -21,7 +21,9 @@
 //! handle reloads the key list and retries once.
 //!
 //! The PIN lives in [`Pin`] (a zeroizing secret with a redacted `Debug`) and appears in no
-//! error or log.
+//! error or log. Once the token refuses it (incorrect, locked, expired), the backend never
+//! sends it again: every call fails saying to fix the PIN and restart, so a PIN changed under
+//! a running plugin cannot lock the token through retries.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,9 @@ const IV_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Length of a KEK's `CKA_ID`: generation (4) and random bytes (16).
 const ID_LEN: usize = 20;
+/// Shortest time between two re-initialisations of the module looking for a missing token
+/// (`C_Initialize` of a network HSM's module can take seconds).
+const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// The longest PIN file read (a PIN is a line; anything longer is the wrong file).
 const MAX_PIN_FILE_LEN: u64 = 4096;
 
@@ -203,6 +208,11 @@ pub struct Pkcs11Backend {
     /// The newest KEK seen so far: (generation, key_id). Status reports this key_id through
     /// outages, and a refresh that finds only older keys fails (the current key was deleted).
     newest: Mutex<Option<(u32, String)>>,
+    /// Set when the token refused the PIN: why. Login is never tried again in this process
+    /// (each wrong try counts toward the token locking the PIN).
+    pin_refused: Mutex<Option<String>>,
+    /// When the module was last re-initialised to look for a missing token.
+    last_rescan: Mutex<Option<std::time::Instant>>,
     rng: SystemRandom,
 }
 
@@ -233,6 +243,18 @@ fn needs_reconnect(e: &CkError) -> bool {
                 | RvError::SlotIdInvalid,
             _
         )
+    )
+}
+
+/// The token refused the PIN itself (retrying it can only lock the token).
+fn pin_rejected(rv: &RvError) -> bool {
+    matches!(
+        rv,
+        RvError::PinIncorrect
+            | RvError::PinLocked
+            | RvError::PinExpired
+            | RvError::PinLenRange
+            | RvError::PinInvalid
     )
 }
 
@@ -283,6 +305,18 @@ impl Pkcs11Backend {
     /// Loads the module, finds the token, checks that it does AES-256-GCM, and logs in.
     /// The token may hold no KEK yet (see [`Pkcs11Backend::rotate`]).
     pub fn open(config: Pkcs11Config) -> Result<Self, PluginError> {
+        Self::open_with(config, false)
+    }
+
+    /// [`Pkcs11Backend::open`] for a server that may start before its token: when the token
+    /// cannot be reached yet (not present, a device error), the backend is returned anyway
+    /// and every call tries to connect until it appears. A module that does not load, a PIN
+    /// the token refuses or a missing mechanism is still an error.
+    pub fn open_waiting_for_token(config: Pkcs11Config) -> Result<Self, PluginError> {
+        Self::open_with(config, true)
+    }
+
+    fn open_with(config: Pkcs11Config, wait_for_token: bool) -> Result<Self, PluginError> {
         let ctx = Pkcs11::new(&config.module).map_err(|e| {
             PluginError::Config(format!(
                 "cannot load the PKCS#11 module {}: {e}",
@@ -305,15 +339,25 @@ impl Pkcs11Backend {
             ctx,
             conn: Mutex::new(None),
             newest: Mutex::new(None),
+            pin_refused: Mutex::new(None),
+            last_rescan: Mutex::new(None),
             rng: SystemRandom::new(),
         };
-        let conn = backend.connect()?;
-        info!(
-            token = %backend.config.token,
-            keys = conn.keys.len(),
-            "PKCS#11 token opened"
-        );
-        *lock(&backend.conn) = Some(conn);
+        match backend.connect() {
+            Ok(conn) => {
+                info!(
+                    token = %backend.config.token,
+                    keys = conn.keys.len(),
+                    "PKCS#11 token opened"
+                );
+                *lock(&backend.conn) = Some(conn);
+            }
+            Err(PluginError::Unavailable(why)) if wait_for_token => {
+                warn!(token = %backend.config.token, reason = %why,
+                    "the PKCS#11 token cannot be reached yet; each call tries again");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(backend)
     }
 
@@ -328,15 +372,9 @@ impl Pkcs11Backend {
         };
         let message = format!("{}: {operation}: {reason}", self.token_name());
         match e {
-            CkError::Pkcs11(
-                RvError::PinIncorrect
-                | RvError::PinLocked
-                | RvError::PinExpired
-                | RvError::PinLenRange
-                | RvError::PinInvalid
-                | RvError::MechanismInvalid,
-                _,
-            ) => PluginError::Config(message),
+            CkError::Pkcs11(rv, _) if pin_rejected(rv) || *rv == RvError::MechanismInvalid => {
+                PluginError::Config(message)
+            }
             e if needs_reconnect(e) => PluginError::Unavailable(message),
             _ => PluginError::Internal(message),
         }
@@ -396,9 +434,30 @@ impl Pkcs11Backend {
         Ok(())
     }
 
+    /// [`Pkcs11Backend::find_slot`]; when the token is not there, re-initialises the module
+    /// (at most every [`RESCAN_INTERVAL`]) and looks again: modules such as SoftHSM2 list only
+    /// the tokens they saw at `C_Initialize`. Called only with no connection open (no session
+    /// of this backend is alive; calls are serialised by the connection lock).
+    fn find_slot_rescanning(&self) -> Result<Slot, PluginError> {
+        let not_found = match self.find_slot() {
+            Err(PluginError::Unavailable(why)) => why,
+            other => return other,
+        };
+        let mut last = lock(&self.last_rescan);
+        if last.is_some_and(|t| t.elapsed() < RESCAN_INTERVAL) {
+            return Err(PluginError::Unavailable(not_found));
+        }
+        *last = Some(std::time::Instant::now());
+        let _ = self.ctx.clone().finalize();
+        self.ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| self.error("re-initialise the module to look for the token", &e))?;
+        self.find_slot()
+    }
+
     /// Opens a session, logs in and lists the KEKs.
     fn connect(&self) -> Result<Conn, PluginError> {
-        let slot = self.find_slot()?;
+        let slot = self.find_slot_rescanning()?;
         self.check_mechanism(slot, MechanismType::AES_GCM)?;
         let serial = self
             .ctx
@@ -411,9 +470,10 @@ impl Pkcs11Backend {
             .ctx
             .open_rw_session(slot)
             .map_err(|e| self.error("open a session", &e))?;
-        match session.login(UserType::User, Some(&self.config.pin.0)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(self.error("log in", &e)),
+        match self.login(&session) {
+            Ok(()) => {}
+            Err(OpError::Plugin(e)) => return Err(e),
+            Err(OpError::Ck(op, e)) => return Err(self.error(op, &e)),
         }
         let keys = self
             .list_keys(&session, &serial)
@@ -523,8 +583,30 @@ impl Pkcs11Backend {
             .backend_errors
             .with_label_values(&["session"])
             .inc();
-        match conn.session.login(UserType::User, Some(&self.config.pin.0)) {
+        self.login(&conn.session)
+    }
+
+    /// Logs `session`'s application in as the user, unless the token refused this PIN before:
+    /// then nothing is sent to the token, and the error says to fix the PIN and restart.
+    fn login(&self, session: &Session) -> Result<(), OpError> {
+        let mut refused = lock(&self.pin_refused);
+        if let Some(why) = refused.as_ref() {
+            return Err(OpError::Plugin(PluginError::Config(why.clone())));
+        }
+        match session.login(UserType::User, Some(&self.config.pin.0)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e @ CkError::Pkcs11(rv, _)) if pin_rejected(&rv) => {
+                let why = format!(
+                    "{}: log in: {}; the plugin does not try this PIN again (each wrong try \
+                     counts toward the token locking it): fix the PIN and restart the plugin",
+                    self.token_name(),
+                    rv_name(&rv)
+                );
+                warn!(token = %self.config.token, error = %rv_summary(&e),
+                    "the token refused the PIN; no further login attempts");
+                *refused = Some(why.clone());
+                Err(OpError::Plugin(PluginError::Config(why)))
+            }
             Err(e) => Err(OpError::Ck("log in", e)),
         }
     }

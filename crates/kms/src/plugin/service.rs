@@ -3,7 +3,9 @@
 //! - **Status**: `version` `v2`; `healthz` `ok` only after a real wrap and unwrap through the
 //!   backend ([`HealthCheck`]: the result is cached 5 s after a success and 1 s after a
 //!   failure, so a constant Status poll costs the token one round trip every 5 s), otherwise a
-//!   short reason; `key_id` the current KEK's, kept through outages.
+//!   short reason; `key_id` the current KEK's, kept through outages. Before any key_id is
+//!   known (the token or its first key not there since start), Status fails `Unavailable`
+//!   with the reason.
 //! - **Encrypt**: wraps the plaintext under the current KEK; the answer carries the key_id and
 //!   one annotation, [`super::FORMAT_ANNOTATION`], naming the wrapping format.
 //! - **Decrypt**: refuses an empty request, a format annotation of another backend (and a
@@ -49,7 +51,7 @@ pub struct Health {
     pub healthy: bool,
     /// `ok`, or why not.
     pub reason: String,
-    /// The current key_id (the last known one when the check failed).
+    /// The current key_id (the last known one when the check failed; empty when none is).
     pub key_id: String,
 }
 
@@ -116,10 +118,7 @@ impl HealthCheck {
                 Health {
                     healthy: false,
                     reason,
-                    key_id: self
-                        .backend
-                        .current_key_id()
-                        .unwrap_or_else(|| "unknown".to_owned()),
+                    key_id: self.backend.current_key_id().unwrap_or_default(),
                 }
             }
         };
@@ -291,11 +290,18 @@ impl KeyManagementService for KmsPluginService {
         let started = Instant::now();
         let health = self.health.check().await;
         debug!(healthz = %health.reason, key_id_hash = %key_id_hash(&health.key_id), "Status");
-        let result = Ok(StatusResponse {
-            version: "v2".to_owned(),
-            healthz: health.reason,
-            key_id: health.key_id,
-        });
+        // No key_id known yet (the token or its first key is not there since start): an
+        // answer would need an empty key_id, which kube-apiserver refuses as invalid without
+        // saying why; the error carries the reason instead.
+        let result = if health.key_id.is_empty() {
+            Err(Status::unavailable(health.reason))
+        } else {
+            Ok(StatusResponse {
+                version: "v2".to_owned(),
+                healthz: health.reason,
+                key_id: health.key_id,
+            })
+        };
         record("Status", started, &result);
         result.map(Response::new)
     }
