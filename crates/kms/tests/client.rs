@@ -419,6 +419,38 @@ fn a_socket_that_appears_late_is_waited_for() {
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
+/// A plugin still starting up (or dying) accepts connections and closes them before HTTP/2
+/// is up: no answer was given, so the call tries again until the plugin answers.
+#[test]
+fn a_connection_closed_before_any_answer_is_tried_again() {
+    let socket = Socket::new("flaky.sock");
+    let path = socket.dir.path().join("flaky.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let closer = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_millis(300);
+        let mut closed = 0;
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    drop(conn);
+                    closed += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        closed
+    });
+    let service = socket.v2("flaky", Duration::from_secs(5));
+    let caller = std::thread::spawn(move || service.status());
+    let closed = closer.join().unwrap();
+    assert!(closed > 0, "the call never reached the closing listener");
+    std::fs::remove_file(&path).unwrap();
+    let _mock = socket.start();
+    let status = caller.join().unwrap().unwrap();
+    assert_eq!(status.key_id, "1");
+}
+
 #[test]
 fn an_absent_socket_fails_after_the_timeout_naming_provider_and_endpoint() {
     let socket = Socket::new("absent.sock");

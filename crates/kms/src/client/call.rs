@@ -1,6 +1,6 @@
 //! One provider's connection and the machinery every RPC goes through: the lazy channel, the
-//! deadline, wait-for-ready retries, the hand-off between the caller's thread and the client's
-//! runtime, error texts and metrics.
+//! deadline, wait-for-ready retries (until the plugin answers), the hand-off between the
+//! caller's thread and the client's runtime, error texts and metrics.
 
 use std::error::Error as _;
 use std::fmt;
@@ -51,9 +51,9 @@ impl std::error::Error for SocketNotReady {}
 pub(crate) enum CallError {
     /// The plugin (or the transport, once connected) returned a gRPC error.
     Status { code: Code, message: String },
-    /// No answer before the deadline; `socket` is the last dial error if the socket was never
-    /// reachable.
-    Timeout { socket: Option<String> },
+    /// No answer before the deadline; `last` says why the last attempt got none (the socket
+    /// could not be dialled, or the connection closed before an answer).
+    Timeout { last: Option<String> },
     /// The client's runtime is gone (only at process shutdown).
     RuntimeGone,
 }
@@ -151,7 +151,7 @@ impl Target {
         match rx.recv_timeout(wait) {
             Ok(result) => result,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                Err(CallError::Timeout { socket: None })
+                Err(CallError::Timeout { last: None })
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(CallError::RuntimeGone),
         }
@@ -173,11 +173,10 @@ impl Target {
         self.record(rpc, code_snake(code), started);
         let desc = match e {
             CallError::Status { message, .. } => message,
-            CallError::Timeout { socket: Some(s) } => format!(
-                "no answer within the timeout of {:?}: the plugin socket never became reachable ({s})",
-                self.timeout
-            ),
-            CallError::Timeout { socket: None } => {
+            CallError::Timeout { last: Some(why) } => {
+                format!("no answer within the timeout of {:?}: {why}", self.timeout)
+            }
+            CallError::Timeout { last: None } => {
                 format!("no answer within the timeout of {:?}", self.timeout)
             }
             CallError::RuntimeGone => "the KMS client's runtime has stopped".to_owned(),
@@ -227,8 +226,9 @@ impl Target {
     }
 }
 
-/// Attempts `rpc` until it answers or `deadline` passes; a dial failure is retried with a
-/// short backoff (gRPC's wait-for-ready), any answer is final.
+/// Attempts `rpc` until the plugin answers or `deadline` passes. An attempt the plugin gave no
+/// answer to (the socket could not be dialled, or the connection closed first) is retried with
+/// a short backoff, like gRPC's wait-for-ready; any answer is final.
 async fn until_answered<T, F, Fut>(
     deadline: tokio::time::Instant,
     mut rpc: F,
@@ -238,18 +238,18 @@ where
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let mut backoff = FIRST_BACKOFF;
-    let mut socket = None;
+    let mut last = None;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout_at(deadline, rpc(left)).await {
-            Err(_) => return Err(CallError::Timeout { socket }),
+            Err(_) => return Err(CallError::Timeout { last }),
             Ok(Ok(answer)) => return Ok(answer.into_inner()),
-            Ok(Err(status)) => match not_ready(&status) {
+            Ok(Err(status)) => match not_answered(&status) {
                 Some(why) => {
-                    socket = Some(why);
+                    last = Some(why);
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
-                        return Err(CallError::Timeout { socket });
+                        return Err(CallError::Timeout { last });
                     }
                     tokio::time::sleep_until((now + backoff).min(deadline)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -260,7 +260,7 @@ where
                 None if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
                     && tokio::time::Instant::now() >= deadline =>
                 {
-                    return Err(CallError::Timeout { socket });
+                    return Err(CallError::Timeout { last });
                 }
                 None => {
                     return Err(CallError::Status {
@@ -282,19 +282,28 @@ pub(crate) fn timed<T>(message: T, left: Duration) -> tonic::Request<T> {
     request
 }
 
-/// The dial error, if `status` comes from failing to connect (the request was never sent).
-fn not_ready(status: &tonic::Status) -> Option<String> {
-    if status.code() != Code::Unavailable {
-        return None;
-    }
-    let mut source = status.source();
+/// Why the plugin gave no answer, if `status` is not one: the socket could not be dialled, or
+/// the connection failed before an answer came. Such statuses carry the transport's error as
+/// their source; an answer decoded from the plugin never does. Repeating a KMS call is safe:
+/// Status and Decrypt change nothing, and a repeated Encrypt wraps the same seed again.
+fn not_answered(status: &tonic::Status) -> Option<String> {
+    // An answer decoded from the plugin carries no source.
+    let mut source = Some(status.source()?);
+    let mut chain = Vec::new();
     while let Some(e) = source {
         if let Some(n) = e.downcast_ref::<SocketNotReady>() {
-            return Some(n.0.to_string());
+            return Some(format!(
+                "the plugin socket never became reachable ({})",
+                n.0
+            ));
         }
+        chain.push(e.to_string());
         source = e.source();
     }
-    None
+    Some(format!(
+        "the connection to the plugin failed before an answer ({})",
+        chain.join(": ")
+    ))
 }
 
 /// Go's name of a gRPC code, as in `rpc error: code = Unavailable desc = ...`.
@@ -333,14 +342,20 @@ mod tests {
     }
 
     #[test]
-    fn only_dial_failures_are_not_ready() {
-        let plain = tonic::Status::unavailable("plugin says no");
-        assert!(not_ready(&plain).is_none());
-        let refused = tonic::Status::from_error(Box::new(SocketNotReady(std::io::Error::from(
+    fn only_statuses_without_an_answer_are_retried() {
+        // Answers of the plugin, whatever their code, are final.
+        for code in [Code::Unavailable, Code::Unknown, Code::Internal] {
+            assert!(not_answered(&tonic::Status::new(code, "plugin says no")).is_none());
+        }
+        let dial = tonic::Status::from_error(Box::new(SocketNotReady(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused,
         ))));
-        // A bare error becomes Unknown: only tonic's own connect wrapper makes it Unavailable.
-        assert_eq!(refused.code(), Code::Unknown);
-        assert!(not_ready(&refused).is_none());
+        let why = not_answered(&dial).unwrap();
+        assert!(why.contains("never became reachable"), "{why}");
+        let closed = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let why = not_answered(&closed).unwrap();
+        assert!(why.contains("failed before an answer"), "{why}");
     }
 }
