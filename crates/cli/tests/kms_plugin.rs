@@ -636,7 +636,13 @@ async fn a_token_that_appears_after_start_is_waited_for() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-    assert!(plugin.log_text().contains("cannot be reached yet"));
+    assert!(
+        plugin
+            .log_text()
+            .contains("no key-encryption key yet: serving"),
+        "{}",
+        plugin.log_text()
+    );
 
     let out = hsm
         .tool("softhsm2-util")

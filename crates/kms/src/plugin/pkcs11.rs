@@ -352,8 +352,9 @@ impl Pkcs11Backend {
                 );
                 *lock(&backend.conn) = Some(conn);
             }
+            // The caller reports it (the plugin's start warning, then unhealthy Status).
             Err(PluginError::Unavailable(why)) if wait_for_token => {
-                warn!(token = %backend.config.token, reason = %why,
+                tracing::debug!(token = %backend.config.token, reason = %why,
                     "the PKCS#11 token cannot be reached yet; each call tries again");
             }
             Err(e) => return Err(e),
