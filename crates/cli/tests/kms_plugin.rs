@@ -118,10 +118,7 @@ impl Plugin {
     /// Starts `cmd` with `--listen endpoint` and a metrics port, and waits for Status.
     async fn start(mut cmd: Command, endpoint: &str, log: PathBuf) -> Plugin {
         // A port free now (the plugin binds it a moment later).
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let metrics_port = coffer_conformance::process::free_port().unwrap();
         let log_file = std::fs::File::create(&log).unwrap();
         let child = cmd
             .args(["--listen", endpoint])
@@ -185,25 +182,12 @@ impl Plugin {
 
     /// GET on the metrics listener: (status code, body).
     fn get(&self, path: &str) -> (u16, String) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        let code = response
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (code, body)
+        let answer = coffer_conformance::http::http(
+            &format!("127.0.0.1:{}", self.metrics_port),
+            "GET",
+            path,
+        );
+        (answer.status, answer.body)
     }
 
     /// SIGTERM, then the exit status.

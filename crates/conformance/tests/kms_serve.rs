@@ -479,23 +479,9 @@ async fn serve_over_kms_plugin_on_softhsm_rides_out_a_plugin_kill_and_a_kek_rota
 /// cleanly, and serves them once the plugin (here on a key file) answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_starts_before_its_plugin_and_writes_once_it_answers() {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("kek.key");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_file)
-        .unwrap();
-    // 32 bytes of 0x42, base64.
-    writeln!(
-        f,
-        "coffer-default-key v1\nQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
-    )
-    .unwrap();
-    drop(f);
+    coffer_seal::DefaultKey::load_or_create(&key_file).unwrap();
     let socket = dir.path().join("late.sock");
     let endpoint = format!("unix://{}", socket.display());
     let config = write_config(dir.path(), &endpoint);

@@ -15,9 +15,8 @@ use std::time::Duration;
 use coffer_seal::Keyspace;
 use tracing::{info, warn};
 
-/// Poll interval while every plugin answers healthy (kube-apiserver's).
-pub const HEALTHY_INTERVAL: Duration = Duration::from_secs(60);
-/// Poll interval after a failure (kube-apiserver's).
+/// Poll interval after a failure (kube-apiserver's; `coffer serve` polls a healthy plugin every
+/// `--kms-status-interval`, one minute by default, as kube-apiserver does).
 pub const FAILED_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The unhealthy KMS providers of `keyspace` as `provider: reason` lines, as its last Status
@@ -35,7 +34,7 @@ pub fn failures(keyspace: &Keyspace) -> Vec<String> {
 }
 
 /// One round of Status calls. Returns [`failures`] and logs changes against `previous`.
-pub fn probe(keyspace: &Keyspace, previous: &[String]) -> Vec<String> {
+fn probe(keyspace: &Keyspace, previous: &[String]) -> Vec<String> {
     keyspace.refresh_kms();
     let failures = failures(keyspace);
     for f in failures.iter().filter(|f| !previous.contains(f)) {
@@ -55,13 +54,9 @@ pub struct StatusPoller {
 }
 
 impl StatusPoller {
-    /// Starts polling `keyspace`'s plugins; `failures` are those of the inline first probe.
-    pub fn spawn(keyspace: Arc<Keyspace>, failures: Vec<String>) -> std::io::Result<Self> {
-        Self::spawn_with(keyspace, failures, HEALTHY_INTERVAL, FAILED_INTERVAL)
-    }
-
-    /// [`StatusPoller::spawn`] with other intervals (tests).
-    pub fn spawn_with(
+    /// Starts polling `keyspace`'s plugins every `healthy` while all are healthy and every
+    /// `failed` after a failure; `failures` are those of the first Status round.
+    pub fn spawn(
         keyspace: Arc<Keyspace>,
         mut failures: Vec<String>,
         healthy: Duration,

@@ -436,7 +436,7 @@ pub struct FaultStats {
     pub unopenable_windows: Vec<(i64, i64)>,
     /// Times the KMS plugin was killed and restarted.
     pub kms_outages: u64,
-    /// Probe reads answered while the plugin was down.
+    /// Probe reads that returned a stored value while the plugin was down.
     pub kms_reads_during_outage: u64,
 }
 
@@ -605,11 +605,12 @@ impl Injector {
     }
 
     /// Reads each of the traffic's first 16 keys once, each read cut at the request timeout:
-    /// per key, the answer (`Ok` for any value or none) or the error, `None` when it timed out.
+    /// per key, the answer (`Ok(true)` when a stored value was read, `Ok(false)` when the key
+    /// does not exist) or the error, `None` when it timed out.
     async fn probe_keys(
         &self,
         serializable: bool,
-    ) -> Vec<(String, Option<Result<(), tonic::Status>>)> {
+    ) -> Vec<(String, Option<Result<bool, tonic::Status>>)> {
         let mut kv = coffer_proto::kv_client::KvClient::new(self.channel.clone());
         let mut answers = Vec::with_capacity(16);
         for i in 0..16 {
@@ -623,7 +624,10 @@ impl Injector {
                 }),
             )
             .await;
-            answers.push((key, r.ok().map(|r| r.map(|_| ()))));
+            answers.push((
+                key,
+                r.ok().map(|r| r.map(|a| !a.into_inner().kvs.is_empty())),
+            ));
         }
         answers
     }

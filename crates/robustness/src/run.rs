@@ -236,7 +236,7 @@ impl RunReport {
         if fs.kms_outages > 0 {
             let _ = writeln!(
                 s,
-                "KMS plugin outages: {} ({} probe reads answered while it was down)",
+                "KMS plugin outages: {} ({} stored values read by the probe while it was down)",
                 fs.kms_outages, fs.kms_reads_during_outage
             );
         }

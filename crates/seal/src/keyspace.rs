@@ -159,8 +159,6 @@ pub struct Keyspace {
     counters: WriteCounters,
     /// The configuration's KMS v2 providers (not the default key).
     kms_v2: Vec<Arc<KmsV2>>,
-    /// The default key's provider, if any.
-    default_kms: Option<Arc<KmsV2>>,
 }
 
 impl Keyspace {
@@ -258,7 +256,6 @@ impl Keyspace {
             }
         }
         let has_default = matches!(uncovered, Uncovered::Default(_));
-        let mut default_kms = None;
         let uncovered = match uncovered {
             Uncovered::Default(service) => {
                 let t = Arc::new(KmsV2::with_key_reuse(PROVIDER_NAME, service, rng.clone()));
@@ -268,7 +265,6 @@ impl Keyspace {
                     cause: crate::key_service::KeyServiceError::Failed(e.to_string()),
                 })?;
                 let entry = t.prefix_transformer();
-                default_kms = Some(t);
                 providers.push(entry.clone());
                 Arc::new(Rule::chain(
                     "default (no rule covers this key: Coffer's default key)".to_owned(),
@@ -290,7 +286,6 @@ impl Keyspace {
             providers,
             counters,
             kms_v2,
-            default_kms,
         })
     }
 
@@ -313,25 +308,22 @@ impl Keyspace {
     }
 
     fn rule(&self, etcd_key: &[u8]) -> &Rule {
-        let Some(gr) = resource_for_key(&self.etcd_prefix, etcd_key) else {
-            return &self.uncovered;
-        };
-        if let Some(r) = self.exact.get(&gr) {
-            return r;
-        }
-        if let Some(r) = self.groups.get(&gr.group) {
-            return r;
-        }
-        self.all.as_deref().unwrap_or(&self.uncovered)
+        self.covering_rule(etcd_key).unwrap_or(&self.uncovered)
+    }
+
+    /// The configuration's rule for `etcd_key` (exact resource, then group, then `*.*`).
+    fn covering_rule(&self, etcd_key: &[u8]) -> Option<&Rule> {
+        let gr = resource_for_key(&self.etcd_prefix, etcd_key)?;
+        self.exact
+            .get(&gr)
+            .or_else(|| self.groups.get(&gr.group))
+            .or(self.all.as_ref())
+            .map(|r| &**r)
     }
 
     /// Whether a resource rule of the configuration covers `etcd_key`.
     pub fn is_covered(&self, etcd_key: &[u8]) -> bool {
-        resource_for_key(&self.etcd_prefix, etcd_key).is_some_and(|gr| {
-            self.exact.contains_key(&gr)
-                || self.groups.contains_key(&gr.group)
-                || self.all.is_some()
-        })
+        self.covering_rule(etcd_key).is_some()
     }
 
     /// The name of the rule covering `etcd_key` and the provider that writes it.
@@ -435,14 +427,6 @@ impl Keyspace {
     pub fn set_kms_write_window(&self, window: Duration) {
         for k in &self.kms_v2 {
             k.set_write_window(window);
-        }
-    }
-
-    /// Sets the maximum age of cached KMS v2 seeds, default key included (`None`, the
-    /// default: no expiry; see [`KmsV2::set_seed_max_age`]).
-    pub fn set_seed_max_age(&self, max_age: Option<Duration>) {
-        for k in self.kms_v2.iter().chain(self.default_kms.iter()) {
-            k.set_seed_max_age(max_age);
         }
     }
 

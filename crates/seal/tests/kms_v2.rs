@@ -352,11 +352,12 @@ fn seeds_do_not_expire_by_default_and_a_max_age_decrypts_them_again() {
     let values = values_under_seeds("max-age", &plugin, 1);
     let reader = KmsV2::with_key_reuse("max-age", plugin.clone(), rng());
     open(&reader, &values[0]).unwrap();
-    std::thread::sleep(Duration::from_millis(60));
+    std::thread::sleep(Duration::from_millis(600));
     open(&reader, &values[0]).unwrap();
     assert_eq!(plugin.decrypts(), 1);
-    reader.set_seed_max_age(Some(Duration::from_millis(50)));
-    std::thread::sleep(Duration::from_millis(60));
+    // Long enough that the "fresh again" read below lands inside it on a busy machine.
+    reader.set_seed_max_age(Some(Duration::from_millis(500)));
+    std::thread::sleep(Duration::from_millis(600));
     open(&reader, &values[0]).unwrap();
     assert_eq!(plugin.decrypts(), 2, "aged out");
     open(&reader, &values[0]).unwrap();
@@ -726,6 +727,9 @@ fn the_default_key_is_not_in_kms_health_and_has_no_write_window() {
     let h = ks.kms_health();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].provider, "beside-default");
+    // Writes under it once its plugin answered, then stopped by the window alone.
+    assert!(ks.refresh_kms().is_empty());
+    ks.seal(KEY, b"v").unwrap();
     ks.set_kms_write_window(Duration::from_millis(1));
     std::thread::sleep(Duration::from_millis(30));
     assert!(ks.seal(KEY, b"v").is_err());

@@ -57,15 +57,19 @@ pub fn is_endpoint(path: &str) -> bool {
     matches!(
         p,
         "/health" | "/livez" | "/readyz" | "/version" | "/metrics"
-    ) || check_path(p).is_some()
+    ) || check_path(p, READYZ_KMS).is_some()
 }
 
-/// `/livez/NAME` or `/readyz/NAME` of a registered check → (its root's checks, NAME).
-fn check_path(path: &str) -> Option<(&'static [&'static str], &str)> {
+/// `/livez/NAME` or `/readyz/NAME` of a registered check (`readyz`: the `/readyz` checks
+/// served) → (its root's checks, NAME).
+fn check_path<'a>(
+    path: &'a str,
+    readyz: &'static [&'static str],
+) -> Option<(&'static [&'static str], &'a str)> {
     let (root, name) = path.strip_prefix('/')?.split_once('/')?;
     let checks = match root {
         "livez" => LIVEZ,
-        "readyz" => READYZ_KMS,
+        "readyz" => readyz,
         _ => return None,
     };
     checks.contains(&name).then_some((checks, name))
@@ -141,10 +145,7 @@ pub async fn respond<B: Backend>(
         "/version" => version(shared),
         "/livez" => checks(backend, shared, LIVEZ, query, true).await,
         "/readyz" => checks(backend, shared, readyz(shared), query, true).await,
-        _ => match check_path(p) {
-            Some((_, "kms_providers")) if shared.config.kms_ready.is_none() => {
-                go_error(StatusCode::NOT_FOUND, "404 page not found")
-            }
+        _ => match check_path(p, readyz(shared)) {
             Some((_, name)) => checks(backend, shared, &[name], query, false).await,
             None => go_error(StatusCode::NOT_FOUND, "404 page not found"),
         },

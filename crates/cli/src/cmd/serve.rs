@@ -811,13 +811,8 @@ async fn serve(plan: Plan) -> anyhow::Result<()> {
         let healthy = plan.kms_status_interval;
         let failed = healthy.min(coffer_kms::poller::FAILED_INTERVAL);
         Some(
-            coffer_kms::poller::StatusPoller::spawn_with(
-                keyspace.clone(),
-                failures,
-                healthy,
-                failed,
-            )
-            .context("cannot start the KMS Status poller")?,
+            coffer_kms::poller::StatusPoller::spawn(keyspace.clone(), failures, healthy, failed)
+                .context("cannot start the KMS Status poller")?,
         )
     } else {
         None

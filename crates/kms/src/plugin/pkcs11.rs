@@ -113,7 +113,9 @@ impl Pin {
                 path.display()
             )));
         }
-        let mut text = Zeroizing::new(String::new());
+        // Room for the whole read up front: no smaller buffer or reallocation ever holds a
+        // copy of the PIN that is not wiped.
+        let mut text = Zeroizing::new(String::with_capacity(MAX_PIN_FILE_LEN as usize + 1));
         file.take(MAX_PIN_FILE_LEN + 1)
             .read_to_string(&mut text)
             .map_err(io("read"))?;
@@ -644,7 +646,7 @@ impl Pkcs11Backend {
                 "generate an AES-256 key",
                 c.session.generate_key(&Mechanism::AesKeyGen, &template),
             )?;
-            c.keys = ck("list the keys", this.list_keys(&c.session, &c.serial))?;
+            // The refresh below lists the keys again.
             Ok(key_id(&c.serial, &id, generation))
         })?;
         *lock(&self.newest) = None;

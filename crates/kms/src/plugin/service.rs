@@ -86,9 +86,7 @@ impl HealthCheck {
             }
         }
         let backend = self.backend.clone();
-        let result = tokio::task::spawn_blocking(move || round_trip(backend.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(PluginError::Internal(format!("health check: {e}"))));
+        let result = blocking(move || round_trip(backend.as_ref())).await;
         let m = metrics();
         let health = match result {
             Ok(key_id) => {

@@ -10,15 +10,10 @@
 //!   within 10 s).
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use base64::Engine as _;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use super::{blocking, Injector, Server};
 use crate::Error;
@@ -51,21 +46,9 @@ impl KmsPlugin {
             .prefix("coffer-robustness-kms")
             .tempdir()
             .map_err(|e| fail(format!("cannot create a temporary directory: {e}")))?;
-        let mut key = [0u8; 32];
-        rand_chacha::ChaCha20Rng::from_entropy().fill_bytes(&mut key);
         let key_file = dir.path().join("kek.key");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_file)
+        coffer_seal::DefaultKey::load_or_create(&key_file)
             .map_err(|e| fail(format!("cannot write the key file: {e}")))?;
-        writeln!(
-            f,
-            "coffer-default-key v1\n{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        )
-        .map_err(|e| fail(format!("cannot write the key file: {e}")))?;
         let config = dir.path().join("encryption.yaml");
         fs::write(
             &config,
@@ -163,7 +146,8 @@ impl Injector {
         let mut refused = Vec::new();
         for (key, answer) in self.probe_keys(true).await {
             match answer {
-                Some(Ok(())) => self.stats.kms_reads_during_outage += 1,
+                Some(Ok(true)) => self.stats.kms_reads_during_outage += 1,
+                Some(Ok(false)) => {}
                 Some(Err(status)) => refused.push(format!("{key}: {}", status.message())),
                 None => refused.push(format!("{key}: timed out")),
             }

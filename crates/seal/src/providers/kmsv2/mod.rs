@@ -316,10 +316,12 @@ impl KmsV2 {
     /// The provider's health as [`crate::Keyspace::kms_health`] reports it.
     pub fn health(&self) -> KmsHealth {
         let state = self.current();
+        let error = self.health.last_error();
         KmsHealth {
             provider: self.name.clone(),
-            healthy: self.health.last_ok() && state.is_some() && self.health.check_write().is_ok(),
-            error: self.health.last_error(),
+            // A write state exists only once a probe ran, so no error means the last succeeded.
+            healthy: error.is_none() && state.is_some() && self.health.check_write().is_ok(),
+            error,
             key_id_hash: state.map(|s| s.key_id_hash.clone()),
             write_window_left: self.health.window_left(),
         }
@@ -623,7 +625,8 @@ impl fmt::Debug for KmsV2 {
 
 impl Transformer for KmsV2 {
     fn from_storage(&self, data: &[u8], etcd_key: &[u8]) -> Result<Read, TransformError> {
-        {
+        // The write state a value not written under it is judged stale against (one lock).
+        let current = {
             let writer = self.writer.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(w) = writer.as_ref() {
                 if let Some(body) = w.state.own_body(data) {
@@ -640,7 +643,8 @@ impl Transformer for KmsV2 {
                     return open_with(&w.state.entry.value, buf, etcd_key, false);
                 }
             }
-        }
+            writer.as_ref().map(|w| w.state.clone())
+        };
         let obj = EncryptedObject::decode(data).map_err(|_| TransformError::ProtoDecode)?;
         object::validate(&obj)?;
         let ck: CacheKey = object::cache_key(
@@ -650,7 +654,7 @@ impl Transformer for KmsV2 {
             &obj.annotations,
         );
         let entry = self.cache.get_or_load(ck, || self.unwrap_key(&obj))?;
-        let stale = self.current().is_some_and(|s| {
+        let stale = current.is_some_and(|s| {
             s.key_id != obj.key_id || s.source_type != obj.encrypted_dek_source_type
         });
         open_with(&entry.value, obj.encrypted_data, etcd_key, stale)

@@ -10,7 +10,7 @@
 //! computed at scrape time by a hook holding only a `Weak` reference, so a dropped provider's
 //! hook does nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -54,7 +54,6 @@ pub(crate) struct Health {
     /// The window in nanoseconds, or [`NO_WINDOW`].
     window_ns: AtomicU64,
     first_version: OnceLock<String>,
-    last_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
     healthy_gauge: IntGauge,
     window_gauge: IntGauge,
@@ -72,7 +71,6 @@ impl Health {
             last_healthy: AtomicU64::new(0),
             window_ns: AtomicU64::new(nanos(DEFAULT_WRITE_WINDOW)),
             first_version: OnceLock::new(),
-            last_ok: AtomicBool::new(false),
             last_error: Mutex::new(None),
             healthy_gauge: kms.healthy.with_label_values(&[provider]),
             window_gauge: kms.write_window.with_label_values(&[provider]),
@@ -124,7 +122,6 @@ impl Health {
 
     /// Records the outcome of a probe (gauge, last error).
     pub(crate) fn record(&self, error: Option<String>) {
-        self.last_ok.store(error.is_none(), Ordering::SeqCst);
         self.healthy_gauge.set(i64::from(error.is_none()));
         *self
             .last_error
@@ -138,11 +135,6 @@ impl Health {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    /// Whether the last probe succeeded.
-    pub(crate) fn last_ok(&self) -> bool {
-        self.last_ok.load(Ordering::SeqCst)
     }
 
     fn since_healthy(&self) -> Option<Duration> {
